@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The flash-store benchmark: each FFN mode in its own process on the standard workload
+# (128-token prompt from the evaluation text, 256 greedy tokens), at a memory budget.
+# The mmap mode runs inside a cgroup v1 memory limit equal to the budget plus the process's
+# non-weight needs, with the page cache dropped before each run, so the OS really has to
+# evict; that needs root. Usage:
+#   bench/flash_modes.sh MODEL.flm [BUDGET=50%] [OUT_DIR=bench/results]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:?usage: bench/flash_modes.sh MODEL.flm [BUDGET] [OUT_DIR]}
+budget=${2:-50%}
+out=${3:-bench/results}
+flashlm=${FLASHLM:-build/flashlm}
+text=data/text/eval.txt
+[ -f "$text" ] || scripts/fetch_text.sh
+mkdir -p "$out"
+name=$(basename "$model" .flm)
+# KV cache, activations, code and allocator slack: what the process needs besides weights.
+overhead_mib=${OVERHEAD_MIB:-200}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+run_mode() {
+  local mode=$1
+  sync
+  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(cannot drop the page cache: not root)"
+  if [ "$mode" = mmap ] && [ -w /sys/fs/cgroup/memory ]; then
+    local bytes
+    bytes=$("$flashlm" bench -m "$model" --modes dense --mem-budget 1000000G -n 1 -p 1 -f "$text" 2>&1 |
+      sed -n 's/.*budget \([0-9.]*\) MiB of a \([0-9.]*\) MiB model.*/\2/p' | head -1)
+    local limit_mib
+    limit_mib=$(python3 -c "b='$budget'; m=float('$bytes'); print(int((m*float(b[:-1])/100 if b.endswith('%') else float(b.rstrip('MG'))*(1024 if b.endswith('G') else 1)) + $overhead_mib))")
+    local cg=/sys/fs/cgroup/memory/flashlm-bench-$$
+    mkdir -p "$cg"
+    echo $((limit_mib * 1024 * 1024)) > "$cg/memory.limit_in_bytes"
+    echo "mmap: cgroup memory limit ${limit_mib} MiB (budget + ${overhead_mib} MiB)"
+    (echo $BASHPID > "$cg/cgroup.procs"; exec "$flashlm" bench -m "$model" --modes mmap \
+      --mem-budget "$budget" -f "$text" --json "$out/$name-mmap.json") | tail -n +1
+    rmdir "$cg" 2>/dev/null || true
+  else
+    "$flashlm" bench -m "$model" --modes "$mode" --mem-budget "$budget" -f "$text" \
+      --json "$out/$name-$mode.json"
+  fi
+}
+for mode in dense naive hybrid mmap; do
+  echo "== $mode"
+  run_mode "$mode" 2>&1 | grep -v '^bench:'
+done
+python3 - "$out" "$name" <<'PY'
+import json, sys, pathlib
+out, name = sys.argv[1], sys.argv[2]
+rows = []
+for mode in ["dense", "naive", "hybrid", "mmap"]:
+    p = pathlib.Path(out) / f"{name}-{mode}.json"
+    if p.exists():
+        rows += json.loads(p.read_text())
+dense = next((r for r in rows if r["mode"] == "dense"), None)
+print(f"\n| mode | I/O ms | mem ms | compute ms | total ms | MiB read/token | read MiB/s | same tokens as dense |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    same = "-" if not dense else f"{100*sum(a==b for a,b in zip(r['tokens'], dense['tokens']))/len(r['tokens']):.1f}%"
+    print(f"| {r['mode']} | {r['ms_io']:.2f} | {r['ms_mem']:.2f} | {r['ms_compute']:.2f} | {r['ms_total']:.2f} | "
+          f"{r['bytes_read_per_token']/2**20:.2f} | {r['read_mib_per_s']:.0f} | {same} |")
+json.dump(rows, open(pathlib.Path(out) / f"{name}-all.json", "w"), indent=1)
+PY

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, fetches the real models and the
+# evaluation text, and runs the whole test suite with CTest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install_deps.sh
+scripts/build.sh
+python3 scripts/fetch_models.py --all
+scripts/fetch_text.sh
+ctest --test-dir build --output-on-failure -j 1 --timeout 900

@@ -1,0 +1,208 @@
+// `flashlm bench`: the paper's per-token breakdown (I/O, memory management, compute) for each
+// FFN mode on the standard decode workload: a 128-token prompt from real text, then 256
+// greedy tokens, batch 1. Modes run one after another in one process, side by side.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "sampling/sampler.h"
+
+namespace flashlm {
+namespace {
+
+struct BenchOptions {
+  CommonOptions common;
+  std::string modes = "dense,naive,hybrid,mmap";
+  std::string text_file;
+  int prompt_tokens = 128;
+  int generate_tokens = 256;
+  std::string json_path;
+};
+
+struct ModeResult {
+  std::string mode;
+  double ms_io = 0, ms_mem = 0, ms_compute = 0, ms_total = 0;
+  double ms_total_first8 = 0;
+  double bytes_read_per_token = 0;
+  double read_mib_per_s = 0;
+  double prefill_ms = 0;
+  double agreement_with_dense = -1;  // fraction of generated tokens equal to dense's
+  uint64_t rss_bytes = 0;
+  std::vector<int32_t> tokens;
+};
+
+uint64_t current_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+uint64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::string& mode,
+                      const std::vector<int32_t>& prompt) {
+  using Clock = std::chrono::steady_clock;
+  EngineOptions options = o.common.engine_options();
+  options.mode = mode;
+  Engine engine(model, options);
+  if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
+  Transformer& tr = engine.transformer();
+  FlashFeedForward* flash = engine.flash();
+  Sampler greedy({.temperature = 0});
+
+  ModeResult r;
+  r.mode = mode;
+  auto start = Clock::now();
+  std::span<const float> logits = tr.forward(prompt);
+  r.prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  if (flash) flash->reset_stats();
+  double total_ms = 0, first8_ms = 0;
+  for (int i = 0; i < o.generate_tokens; ++i) {
+    const int32_t token = greedy.sample(logits);
+    r.tokens.push_back(token);
+    start = Clock::now();
+    logits = tr.forward(std::span(&token, 1));
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    total_ms += ms;
+    if (i < 8) first8_ms += ms;
+  }
+  const double n = o.generate_tokens;
+  r.ms_total = total_ms / n;
+  r.ms_total_first8 = first8_ms / std::min(8, o.generate_tokens);
+  if (flash) {
+    const FlashStats& s = flash->stats();
+    r.ms_io = s.io_seconds * 1e3 / n;
+    r.ms_mem = s.memory_seconds * 1e3 / n;
+    r.bytes_read_per_token = static_cast<double>(s.bytes_read) / n;
+    r.read_mib_per_s = s.io_seconds > 0 ? s.bytes_read / 1048576.0 / s.io_seconds : 0;
+  }
+  r.ms_compute = r.ms_total - r.ms_io - r.ms_mem;
+  r.rss_bytes = current_rss_bytes();
+  return r;
+}
+
+void bench(const BenchOptions& o) {
+  auto model = Model::load(o.common.model_path);
+  std::string text =
+      "It is a truth universally acknowledged, that a single man in possession of a good "
+      "fortune, must be in want of a wife.";
+  if (!o.text_file.empty()) {
+    std::ifstream in(o.text_file, std::ios::binary);
+    if (!in) fail("cannot read text file '{}'", o.text_file);
+    std::stringstream s;
+    s << in.rdbuf();
+    text = s.str();
+  }
+  std::vector<int32_t> prompt = model->tokenizer.encode(text, model->tokenizer.add_bos(), false);
+  if (static_cast<int>(prompt.size()) < o.prompt_tokens) {
+    fail("the text gives only {} tokens, fewer than the {} prompt tokens asked for; pass a longer "
+         "-f file",
+         prompt.size(), o.prompt_tokens);
+  }
+  prompt.resize(o.prompt_tokens);
+
+  std::vector<ModeResult> results;
+  for (const std::string& mode : split(o.modes)) {
+    std::fprintf(stderr, "bench: %s mode ...\n", mode.c_str());
+    results.push_back(bench_mode(*model, o, mode, prompt));
+  }
+  const ModeResult* dense = nullptr;
+  for (const ModeResult& r : results) {
+    if (r.mode == "dense") dense = &r;
+  }
+  for (ModeResult& r : results) {
+    if (!dense) break;
+    size_t same = 0;
+    for (size_t i = 0; i < r.tokens.size(); ++i) same += r.tokens[i] == dense->tokens[i];
+    r.agreement_with_dense = static_cast<double>(same) / r.tokens.size();
+  }
+
+  std::printf("\n%s, prompt %d tokens, %d generated (greedy), %d threads\n",
+              model->config.name.c_str(), o.prompt_tokens, o.generate_tokens,
+              o.common.engine_options().threads > 0 ? o.common.engine_options().threads
+                                                   : ThreadPool::default_threads());
+  std::printf("| mode | I/O ms | mem ms | compute ms | total ms/token | first 8 ms | MiB read/token "
+              "| read MiB/s | prefill ms | same tokens as dense | RSS MiB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const ModeResult& r : results) {
+    std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.1f | %s | %.0f |\n",
+                r.mode.c_str(), r.ms_io, r.ms_mem, r.ms_compute, r.ms_total, r.ms_total_first8,
+                r.bytes_read_per_token / 1048576.0, r.read_mib_per_s, r.prefill_ms,
+                r.agreement_with_dense < 0
+                    ? "-"
+                    : fmt::format("{:.1f}%", 100 * r.agreement_with_dense).c_str(),
+                r.rss_bytes / 1048576.0);
+  }
+  std::printf("peak RSS of the process: %.0f MiB\n", peak_rss_bytes() / 1048576.0);
+
+  if (!o.json_path.empty()) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const ModeResult& r : results) {
+      out.push_back({{"mode", r.mode},
+                     {"ms_io", r.ms_io},
+                     {"ms_mem", r.ms_mem},
+                     {"ms_compute", r.ms_compute},
+                     {"ms_total", r.ms_total},
+                     {"ms_total_first8", r.ms_total_first8},
+                     {"bytes_read_per_token", r.bytes_read_per_token},
+                     {"read_mib_per_s", r.read_mib_per_s},
+                     {"prefill_ms", r.prefill_ms},
+                     {"agreement_with_dense", r.agreement_with_dense},
+                     {"rss_bytes", r.rss_bytes},
+                     {"tokens", r.tokens}});
+    }
+    std::ofstream f(o.json_path);
+    f << out.dump(2) << "\n";
+    if (!f) fail("cannot write '{}'", o.json_path);
+  }
+}
+
+}  // namespace
+
+void register_bench_command(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Per-token I/O / memory / compute breakdown of each FFN mode (the paper's workload)");
+  o->common.add_model(*cmd);
+  o->common.add_threads(*cmd);
+  o->common.add_context(*cmd, 1024);
+  o->common.add_flash(*cmd);
+  cmd->add_option("--modes", o->modes, "Comma-separated modes to run, in order")
+      ->capture_default_str();
+  cmd->add_option("-f,--file", o->text_file, "Text whose first tokens form the prompt")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("-p,--n-prompt", o->prompt_tokens, "Prompt tokens")
+      ->check(CLI::Range(1, 8192))
+      ->capture_default_str();
+  cmd->add_option("-n,--n-gen", o->generate_tokens, "Generated tokens")
+      ->check(CLI::Range(1, 8192))
+      ->capture_default_str();
+  cmd->add_option("--json", o->json_path, "Also write the results as JSON to this file");
+  cmd->callback([o] { bench(*o); });
+}
+
+}  // namespace flashlm

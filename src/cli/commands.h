@@ -1,0 +1,32 @@
+// Each subcommand of the `flashlm` tool registers itself on the CLI11 app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "engine/engine.h"
+
+namespace flashlm {
+
+// Options that most commands share, with llama.cpp's flag names.
+struct CommonOptions {
+  std::string model_path;
+  EngineOptions engine;
+  std::string io = "auto";
+  void add_model(CLI::App& cmd);
+  void add_threads(CLI::App& cmd);
+  void add_context(CLI::App& cmd, int default_size);
+  // --mode, --mem-budget, --io: how the FFN is served (.flm models stream from flash).
+  void add_flash(CLI::App& cmd);
+  EngineOptions engine_options() const;
+};
+
+void register_run_command(CLI::App& app);
+void register_info_command(CLI::App& app);
+void register_perplexity_command(CLI::App& app);
+void register_convert_command(CLI::App& app);
+void register_verify_command(CLI::App& app);
+void register_bench_command(CLI::App& app);
+
+}  // namespace flashlm

@@ -1,0 +1,77 @@
+// flashlm: run language models whose weights live on flash.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/thread_pool.h"
+
+namespace flashlm {
+
+void CommonOptions::add_model(CLI::App& cmd) {
+  cmd.add_option("-m,--model", model_path, "Model file (.gguf)")
+      ->required()
+      ->envname("FLASHLM_MODEL");
+}
+
+void CommonOptions::add_threads(CLI::App& cmd) {
+  cmd.add_option("-t,--threads", engine.threads, "Worker threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->envname("FLASHLM_THREADS");
+}
+
+void CommonOptions::add_context(CLI::App& cmd, int default_size) {
+  engine.context_size = default_size;
+  cmd.add_option("-c,--ctx-size", engine.context_size, "Context size in tokens (KV cache length)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+}
+
+void CommonOptions::add_flash(CLI::App& cmd) {
+  cmd.add_option("--mode", engine.mode,
+                 "Where the FFN comes from: dense (all in DRAM), naive (every neuron read from "
+                 "flash every token), hybrid (part resident, the rest read), mmap (the page cache "
+                 "decides); the streaming modes need a .flm model (flashlm convert)")
+      ->check(CLI::IsMember({"dense", "naive", "hybrid", "mmap"}))
+      ->capture_default_str()
+      ->envname("FLASHLM_MODE");
+  cmd.add_option("--mem-budget", engine.mem_budget,
+                 "Bytes of weights allowed in DRAM: a size (300M, 1.5G), a percentage of the "
+                 "model (50%) or bytes; .flm models only")
+      ->envname("FLASHLM_MEM_BUDGET");
+  cmd.add_option("--io", io, "Flash read backend: auto, uring (io_uring) or pread (thread pool)")
+      ->check(CLI::IsMember({"auto", "uring", "pread"}))
+      ->capture_default_str();
+}
+
+EngineOptions CommonOptions::engine_options() const {
+  EngineOptions o = engine;
+  o.io_backend = io == "uring" ? IoBackend::IoUring : io == "pread" ? IoBackend::Pread : IoBackend::Auto;
+  return o;
+}
+
+}  // namespace flashlm
+
+int main(int argc, char** argv) {
+  CLI::App app{"flashlm: LLM inference with the weights on flash and a small DRAM budget"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "flashlm 0.1.0");
+  // register commands here
+  flashlm::register_run_command(app);
+  flashlm::register_perplexity_command(app);
+  flashlm::register_info_command(app);
+  flashlm::register_convert_command(app);
+  flashlm::register_verify_command(app);
+  flashlm::register_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const flashlm::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory; try a smaller --ctx-size or a smaller model\n");
+    return 1;
+  }
+  return 0;
+}

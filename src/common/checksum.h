@@ -1,0 +1,12 @@
+// CRC-32C (Castagnoli), used to detect corrupt bundle data in .flm files.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace flashlm {
+
+// Continues a running CRC: crc32c(b, crc32c(a)) == crc32c(a followed by b). Start with 0.
+uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
+
+}  // namespace flashlm

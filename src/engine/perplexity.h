@@ -1,0 +1,29 @@
+// Perplexity as llama.cpp's llama-perplexity measures it, so the figures compare directly.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+#include "model/transformer.h"
+#include "tokenizer/tokenizer.h"
+
+namespace flashlm {
+
+struct PerplexityResult {
+  double perplexity = 0;
+  double perplexity_stderr = 0;
+  int64_t scored_tokens = 0;
+  int chunks = 0;
+  double tokens_per_second = 0;  // tokens evaluated (not only scored) per second
+};
+
+// Splits the tokenized text into chunks of chunk_size tokens (the first token of each chunk
+// replaced by BOS when the model adds one), evaluates each from an empty context, and scores
+// the next-token log-likelihood over the second half of each chunk. Log-softmax runs one
+// batch of logits at a time, never over the whole chunks x vocabulary matrix.
+PerplexityResult evaluate_perplexity(Transformer& transformer, const Tokenizer& tokenizer,
+                                     std::string_view text, int chunk_size, int max_chunks,
+                                     const std::function<void(int, int, double)>& progress);
+
+}  // namespace flashlm

@@ -1,0 +1,142 @@
+#include "flash/flash_ffn.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+
+namespace flashlm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Requests of this size keep several reads in flight for one layer and sit at the flat top of
+// the device's throughput curve (see `flashlm probe`).
+constexpr uint64_t kStreamRequestBytes = 1 << 20;
+
+}  // namespace
+
+FlashFeedForward::FlashFeedForward(const FlashModelFile& file, const ModelConfig& config,
+                                   const MemoryPlan& plan, IoBackend backend, ThreadPool& pool)
+    : file_(file),
+      plan_(plan),
+      pool_(pool),
+      io_(std::make_unique<IoEngine>(file.path(), backend)),
+      sparse_ffn_(file.layout(), config.activation, pool) {
+  const auto& layers = file_.layers();
+  const size_t stride = file_.layout().stride;
+  switch (plan_.mode) {
+    case FfnMode::Dense: {
+      // Every layer read once, checked, and kept.
+      resident_ = AlignedBuffer(file_.bundle_region_bytes());
+      uint64_t at = 0;
+      for (size_t l = 0; l < layers.size(); ++l) {
+        AlignedBuffer staging;
+        const uint8_t* data = read_layer_range(static_cast<int>(l), 0, layers[l].bytes, staging);
+        file_.check_layer(static_cast<int>(l), data);
+        std::memcpy(resident_.data() + at, data, layers[l].bytes);
+        at += layers[l].bytes;
+      }
+      break;
+    }
+    case FfnMode::Hybrid: {
+      const size_t keep = static_cast<size_t>(plan_.resident_neurons_per_layer) * stride;
+      resident_ = AlignedBuffer(std::max<size_t>(keep * layers.size(), 1));
+      for (size_t l = 0; l < layers.size(); ++l) {
+        AlignedBuffer staging;
+        const uint8_t* data = read_layer_range(static_cast<int>(l), 0, layers[l].bytes, staging);
+        file_.check_layer(static_cast<int>(l), data);
+        std::memcpy(resident_.data() + keep * l, data, keep);
+      }
+      break;
+    }
+    case FfnMode::Naive:
+      for (size_t l = 0; l < layers.size(); ++l) {
+        const uint8_t* data = read_layer_range(static_cast<int>(l), 0, layers[l].bytes, stream_);
+        file_.check_layer(static_cast<int>(l), data);
+      }
+      break;
+    case FfnMode::Mmap: {
+      map_bytes_ = file_.gguf().file_size();
+      map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_SHARED, io_->fd(), 0);
+      if (map_ == MAP_FAILED) {
+        map_ = nullptr;
+        fail("cannot memory-map '{}': {}", file_.path(), std::strerror(errno));
+      }
+      break;
+    }
+  }
+  stats_ = {};
+}
+
+FlashFeedForward::~FlashFeedForward() {
+  if (map_) ::munmap(map_, map_bytes_);
+}
+
+const uint8_t* FlashFeedForward::read_layer_range(int layer, uint64_t begin, uint64_t end,
+                                                  AlignedBuffer& buffer) {
+  const FlmLayer& l = file_.layers()[layer];
+  const uint64_t align = io_->alignment();
+  const uint64_t first = (l.offset + begin) / align * align;
+  const uint64_t last = (l.offset + end + align - 1) / align * align;
+  const uint64_t bytes = last - first;
+  if (buffer.size() < bytes) buffer = AlignedBuffer(bytes);
+  std::vector<ReadRequest> requests;
+  for (uint64_t at = 0; at < bytes; at += kStreamRequestBytes) {
+    const uint64_t n = std::min(kStreamRequestBytes, bytes - at);
+    requests.push_back({first + at, static_cast<uint32_t>(n), buffer.data() + at});
+  }
+  const auto start = Clock::now();
+  io_->read_all(requests);
+  stats_.io_seconds += seconds_since(start);
+  stats_.bytes_read += bytes;
+  stats_.read_requests += requests.size();
+  return buffer.data() + (l.offset + begin - first);
+}
+
+void FlashFeedForward::forward(int layer, const float* x, int64_t n_tokens, float* out) {
+  const FlmLayer& l = file_.layers()[layer];
+  const size_t stride = file_.layout().stride;
+  const int d_ff = file_.d_ff();
+  // Neurons [0, split) come from `first`, [split, d_ff) from `second`.
+  const uint8_t* first = nullptr;
+  const uint8_t* second = nullptr;
+  int split = d_ff;
+  switch (plan_.mode) {
+    case FfnMode::Dense:
+      first = resident_.data() + static_cast<size_t>(layer) * l.bytes;
+      break;
+    case FfnMode::Naive:
+      first = read_layer_range(layer, 0, l.bytes, stream_);
+      break;
+    case FfnMode::Hybrid:
+      split = plan_.resident_neurons_per_layer;
+      first = resident_.data() + static_cast<size_t>(layer) * split * stride;
+      if (split < d_ff) {
+        second = read_layer_range(layer, static_cast<uint64_t>(split) * stride, l.bytes, stream_);
+      }
+      break;
+    case FfnMode::Mmap:
+      first = static_cast<const uint8_t*>(map_) + l.offset;
+      break;
+  }
+  const auto start = Clock::now();
+  bundles_.resize(d_ff);
+  for (int i = 0; i < d_ff; ++i) {
+    bundles_[i] = i < split ? first + static_cast<size_t>(i) * stride
+                            : second + static_cast<size_t>(i - split) * stride;
+  }
+  sparse_ffn_.forward(bundles_, x, n_tokens, out);
+  stats_.compute_seconds += seconds_since(start);
+  stats_.neurons_computed += static_cast<uint64_t>(d_ff) * n_tokens;
+}
+
+}  // namespace flashlm

@@ -1,0 +1,102 @@
+// The flash layout (.flm): the model rearranged for streaming its FFN from disk.
+//
+// A .flm file is a GGUF file holding the resident part of the model (embeddings, attention,
+// norms, output head, tokenizer, all metadata) plus flashlm.* keys, followed by the bundle
+// region. In the bundle region each layer is one 4 KiB-aligned run of d_ff bundles; bundle i
+// holds everything neuron i needs, back to back (the paper's row-column bundling):
+//
+//   [ row i of W_gate | row i of W_up | column i of W_down, stored as a row ]
+//
+// so the bundles of any run of consecutive neurons are one contiguous read.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf.h"
+#include "quant/types.h"
+
+namespace flashlm {
+
+constexpr uint32_t kFlmFormatVersion = 1;
+constexpr uint64_t kFlmRegionAlignment = 4096;
+
+// Byte layout of one neuron's bundle; the same for every layer of a model.
+struct BundleLayout {
+  int d_model = 0;
+  bool gated = true;
+  TensorType gate_type = TensorType::F32;  // unused when !gated
+  TensorType up_type = TensorType::F32;
+  TensorType down_type = TensorType::F32;
+  size_t gate_bytes = 0, up_bytes = 0, down_bytes = 0;
+  size_t stride = 0;  // bytes from one bundle to the next (parts padded to 16 bytes)
+
+  static BundleLayout make(int d_model, bool gated, TensorType gate, TensorType up,
+                           TensorType down);
+  size_t gate_offset() const { return 0; }
+  size_t up_offset() const { return gate_bytes; }
+  size_t down_offset() const { return gate_bytes + up_bytes; }
+};
+
+struct FlmLayer {
+  uint64_t offset = 0;  // absolute file offset of bundle 0, 4 KiB aligned
+  uint64_t bytes = 0;   // d_ff * stride
+  uint32_t checksum = 0;  // CRC-32C of the layer's bytes
+};
+
+// What `convert` stores in bundles. Gate and up rows can keep the GGUF's own quantization
+// (each row is whole blocks); the down projection's columns cut across its blocks, so they
+// are re-quantized from exact dequantized values.
+enum class BundleType {
+  Source,  // gate/up as in the GGUF, down columns as Q8_0: smallest, closest to the GGUF
+  Q8_0,    // everything Q8_0: ~1.06 bytes per weight, fast kernels
+  F16,     // everything F16: 2 bytes per weight, exact for F16/BF16 sources
+};
+BundleType parse_bundle_type(const std::string& name);
+
+struct ConvertOptions {
+  BundleType bundle_type = BundleType::Source;
+  bool force = false;  // overwrite an existing output
+  std::function<void(int layer, int n_layers)> progress;
+};
+
+// Writes `output` from the GGUF model `input`. The file is written under a temporary name and
+// renamed into place only when complete and synced, so an interrupted conversion never leaves
+// a file that looks valid.
+void convert_to_flm(const std::string& input, const std::string& output,
+                    const ConvertOptions& options);
+
+// An opened .flm file: the resident part as a GgufFile plus the bundle manifest.
+class FlashModelFile {
+ public:
+  // Opens `path` and owns it.
+  static std::unique_ptr<FlashModelFile> open(const std::string& path);
+  // Reads the manifest of an already opened file, which must outlive the result.
+  static std::unique_ptr<FlashModelFile> from_gguf(const GgufFile& file);
+  static bool is_flm(const GgufFile& file);
+
+  const GgufFile& gguf() const { return *gguf_; }
+  const std::string& path() const { return path_; }
+  const BundleLayout& layout() const { return layout_; }
+  const std::vector<FlmLayer>& layers() const { return layers_; }
+  int d_ff() const { return d_ff_; }
+  uint64_t bundle_region_bytes() const;
+
+  // Reads every layer (buffered) and compares checksums; throws naming the first bad layer.
+  void verify(const std::function<void(int, int)>& progress = nullptr) const;
+  // Checks one layer's bytes (already in memory) against the manifest.
+  void check_layer(int layer, const uint8_t* data) const;
+
+ private:
+  std::string path_;
+  std::unique_ptr<GgufFile> owned_;
+  const GgufFile* gguf_ = nullptr;
+  BundleLayout layout_;
+  std::vector<FlmLayer> layers_;
+  int d_ff_ = 0;
+};
+
+}  // namespace flashlm

@@ -1,0 +1,115 @@
+#include "flash/memory_plan.h"
+
+#include <cmath>
+#include <cstdlib>
+
+#include "common/error.h"
+#include "flash/flash_layout.h"
+
+namespace flashlm {
+namespace {
+std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
+}  // namespace
+
+FfnMode parse_ffn_mode(const std::string& name) {
+  if (name == "dense") return FfnMode::Dense;
+  if (name == "naive") return FfnMode::Naive;
+  if (name == "hybrid") return FfnMode::Hybrid;
+  if (name == "mmap") return FfnMode::Mmap;
+  fail("unknown mode '{}'; use dense, naive, hybrid or mmap", name);
+}
+
+const char* ffn_mode_name(FfnMode mode) {
+  switch (mode) {
+    case FfnMode::Dense: return "dense";
+    case FfnMode::Naive: return "naive";
+    case FfnMode::Hybrid: return "hybrid";
+    case FfnMode::Mmap: return "mmap";
+  }
+  return "?";
+}
+
+uint64_t parse_memory_budget(const std::string& text, uint64_t model_bytes) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  const std::string suffix(end ? end : "");
+  double bytes = -1;
+  if (end != text.c_str() && std::isfinite(value) && value >= 0) {
+    if (suffix == "%") bytes = value / 100.0 * static_cast<double>(model_bytes);
+    if (suffix.empty()) bytes = value;
+    if (suffix == "K" || suffix == "k" || suffix == "KiB") bytes = value * 1024.0;
+    if (suffix == "M" || suffix == "m" || suffix == "MiB") bytes = value * 1048576.0;
+    if (suffix == "G" || suffix == "g" || suffix == "GiB") bytes = value * 1073741824.0;
+  }
+  if (bytes < 0 || bytes > 1e18) {
+    fail("cannot read memory budget '{}': use a percentage of the model (50%), a size with K, M "
+         "or G (300M, 1.5G), or a number of bytes",
+         text);
+  }
+  return static_cast<uint64_t>(bytes);
+}
+
+MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budget) {
+  MemoryPlan p;
+  p.mode = mode;
+  p.budget = budget;
+  p.n_layers = static_cast<int>(model.layers().size());
+  p.d_ff = model.d_ff();
+  p.ffn_bytes = model.bundle_region_bytes();
+  for (const GgufTensor& t : model.gguf().tensors()) p.resident_bytes += t.bytes;
+  p.model_bytes = p.resident_bytes + p.ffn_bytes;
+  const uint64_t layer_bytes = model.layers().front().bytes + 2 * kFlmRegionAlignment;
+  switch (mode) {
+    case FfnMode::Dense: p.ffn_dram_bytes = p.ffn_bytes; break;
+    case FfnMode::Naive: p.stream_buffer_bytes = 2 * layer_bytes; break;  // double-buffered
+    case FfnMode::Hybrid: p.stream_buffer_bytes = 2 * layer_bytes; break;
+    case FfnMode::Mmap: break;
+  }
+  const uint64_t fixed = p.resident_bytes + p.stream_buffer_bytes + p.ffn_dram_bytes;
+  if (budget < fixed) {
+    fail("the memory budget of {} is too small for {} mode: it needs at least {} (resident part "
+         "{}, stream buffers {}, FFN in DRAM {}); raise --mem-budget{}",
+         mib(budget), ffn_mode_name(mode), mib(fixed), mib(p.resident_bytes),
+         mib(p.stream_buffer_bytes), mib(p.ffn_dram_bytes),
+         mode == FfnMode::Dense ? " or use a streaming mode (naive, hybrid, mmap)" : "");
+  }
+  if (mode == FfnMode::Hybrid) {
+    const uint64_t per_neuron = model.layout().stride * static_cast<uint64_t>(p.n_layers);
+    p.resident_neurons_per_layer =
+        static_cast<int>(std::min<uint64_t>((budget - fixed) / per_neuron, p.d_ff));
+    p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(p.resident_neurons_per_layer);
+  }
+  return p;
+}
+
+std::string MemoryPlan::describe() const {
+  std::string s = fmt::format(
+      "memory plan ({} mode): budget {} of a {} model ({:.0f}%)\n"
+      "  resident (embeddings, attention, norms, output): {}\n",
+      ffn_mode_name(mode), mib(budget), mib(model_bytes), 100.0 * budget / model_bytes,
+      mib(resident_bytes));
+  switch (mode) {
+    case FfnMode::Dense:
+      s += fmt::format("  FFN: all {} in DRAM\n", mib(ffn_bytes));
+      break;
+    case FfnMode::Naive:
+      s += fmt::format("  FFN: all {} streamed from flash every token; stream buffers {}\n",
+                       mib(ffn_bytes), mib(stream_buffer_bytes));
+      break;
+    case FfnMode::Hybrid:
+      s += fmt::format(
+          "  FFN: {} of {} neurons per layer resident ({}), the rest streamed every token; "
+          "stream buffers {}\n",
+          resident_neurons_per_layer, d_ff, mib(ffn_dram_bytes), mib(stream_buffer_bytes));
+      break;
+    case FfnMode::Mmap:
+      s += fmt::format("  FFN: {} memory-mapped; the page cache decides what stays (run inside a "
+                       "memory cgroup for an honest budget)\n",
+                       mib(ffn_bytes));
+      break;
+  }
+  s += fmt::format("  weights in DRAM: {} of the {} budget", mib(dram_bytes()), mib(budget));
+  return s;
+}
+
+}  // namespace flashlm

@@ -1,0 +1,57 @@
+// The fast kernels, SIMD through Highway: dot products of stored (quantized) rows with
+// activations, and the float helpers of the forward pass. Each has a scalar twin in
+// reference.h that the tests compare it with. Single-threaded: callers split rows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "quant/types.h"
+
+namespace flashlm {
+
+// An activation vector prepared once for dot products with many rows of one weight type.
+// For quantized weights x is quantized to int8 in blocks of 32 (one float scale each, like
+// llama.cpp's Q8 activations), so the inner loops are integer multiply-adds; for float weights
+// x is kept as is.
+class PreparedInput {
+ public:
+  void prepare(TensorType weight_type, const float* x, int64_t n);
+  int64_t size() const { return n_; }
+  TensorType weight_type() const { return type_; }
+
+  // Quantized form: q[i] ~ x[i] / scale[i / 32]; block_sum[b] = sum of q over block b.
+  const int16_t* q() const { return q_.data(); }
+  const float* scale() const { return scale_.data(); }
+  const int32_t* block_sum() const { return block_sum_.data(); }
+  const float* values() const { return values_.data(); }
+
+ private:
+  TensorType type_ = TensorType::F32;
+  int64_t n_ = 0;
+  std::vector<int16_t> q_;
+  std::vector<float> scale_;
+  std::vector<int32_t> block_sum_;
+  std::vector<float> values_;
+};
+
+// Dot product of one stored row with a prepared input of the same length.
+float dot(TensorType type, const void* row, const PreparedInput& x);
+// y[r] = dot(row r, x) for r in [row_begin, row_end); row r starts at weights + r * stride.
+void matvec_rows(TensorType type, const uint8_t* weights, size_t row_stride_bytes,
+                 const PreparedInput& x, int64_t row_begin, int64_t row_end, float* y);
+// y[t * ldy + r] = dot(row r, xs[t]) for t < n_tokens, r in [row_begin, row_end); each row is
+// read once for all tokens.
+void matmul_rows(TensorType type, const uint8_t* weights, size_t row_stride_bytes,
+                 const PreparedInput* xs, int64_t n_tokens, int64_t row_begin, int64_t row_end,
+                 float* y, int64_t ldy);
+void dequantize_row(TensorType type, const void* src, float* dst, int64_t n);
+// y += a * row (the row dequantized), n elements.
+void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n);
+
+float dot_f32(const float* a, const float* b, int64_t n);
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+void scale_f32(float* x, float a, int64_t n);
+
+}  // namespace flashlm

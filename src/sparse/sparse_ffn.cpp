@@ -1,0 +1,94 @@
+#include "sparse/sparse_ffn.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/thread_pool.h"
+#include "ops/ops.h"
+
+namespace flashlm {
+
+SparseFfn::SparseFfn(const BundleLayout& layout, Activation activation, ThreadPool& pool)
+    : layout_(layout),
+      activation_(activation),
+      pool_(pool),
+      accumulators_(pool.size()),
+      down_rows_(pool.size()) {}
+
+void SparseFfn::prepare(const float* x, int64_t n_tokens) {
+  const int64_t d = layout_.d_model;
+  if (static_cast<int64_t>(up_inputs_.size()) < n_tokens) {
+    up_inputs_.resize(n_tokens);
+    gate_inputs_.resize(n_tokens);
+  }
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    up_inputs_[t].prepare(layout_.up_type, x + t * d, d);
+    if (layout_.gated) gate_inputs_[t].prepare(layout_.gate_type, x + t * d, d);
+  }
+}
+
+float SparseFfn::activation(const uint8_t* bundle, int64_t token) const {
+  return layout_.gated
+             ? activate(activation_,
+                        dot(layout_.gate_type, bundle + layout_.gate_offset(), gate_inputs_[token]))
+             : activate(activation_,
+                        dot(layout_.up_type, bundle + layout_.up_offset(), up_inputs_[token]));
+}
+
+void SparseFfn::neuron(const uint8_t* bundle, int64_t n_tokens, float threshold, float* acc,
+                       std::vector<float>& down) {
+  const int64_t d = layout_.d_model;
+  const uint8_t* down_row = bundle + layout_.down_offset();
+  bool down_ready = false;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float a = activation(bundle, t);
+    if (std::abs(a) <= threshold) continue;
+    const float h =
+        layout_.gated ? a * dot(layout_.up_type, bundle + layout_.up_offset(), up_inputs_[t]) : a;
+    if (n_tokens == 1) {
+      axpy_row(layout_.down_type, down_row, h, acc, d);
+      continue;
+    }
+    // With several tokens the down row is dequantized once and reused.
+    if (!down_ready) {
+      dequantize_row(layout_.down_type, down_row, down.data(), d);
+      down_ready = true;
+    }
+    axpy_f32(h, down.data(), acc + t * d, d);
+  }
+}
+
+void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x, int64_t n_tokens,
+                        float* out, float threshold) {
+  const int64_t d = layout_.d_model;
+  prepare(x, n_tokens);
+  for (int thread = 0; thread < pool_.size(); ++thread) {
+    accumulators_[thread].assign(static_cast<size_t>(n_tokens) * d, 0.0f);
+    down_rows_[thread].resize(d);
+  }
+  pool_.parallel_for(
+      static_cast<int64_t>(bundles.size()),
+      [&](int64_t begin, int64_t end, int thread) {
+        float* acc = accumulators_[thread].data();
+        for (int64_t i = begin; i < end; ++i) {
+          neuron(bundles[i], n_tokens, threshold, acc, down_rows_[thread]);
+        }
+      },
+      8);
+  std::fill_n(out, n_tokens * d, 0.0f);
+  for (const std::vector<float>& acc : accumulators_) {
+    for (int64_t i = 0; i < n_tokens * d; ++i) out[i] += acc[i];
+  }
+}
+
+void SparseFfn::activations(std::span<const uint8_t* const> bundles, const float* x, float* out) {
+  prepare(x, 1);
+  pool_.parallel_for(
+      static_cast<int64_t>(bundles.size()),
+      [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) out[i] = activation(bundles[i], 0);
+      },
+      64);
+}
+
+}  // namespace flashlm

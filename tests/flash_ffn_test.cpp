@@ -1,0 +1,156 @@
+// Every way of serving the FFN from a .flm file against the dense FFN of the GGUF it came
+// from, and against each other.
+#include "flash/flash_ffn.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "model/transformer.h"
+#include "quant/reference.h"
+#include "sparse/sparse_ffn.h"
+#include "support/test_model.h"
+
+namespace flashlm {
+namespace {
+
+struct Converted {
+  std::string gguf, flm;
+};
+
+Converted make_models(const std::string& name, BundleType bundle_type, TensorType weights) {
+  Converted c{testing::temp_path(name + ".gguf"), testing::temp_path(name + ".flm")};
+  testing::write_tiny_model(c.gguf, {.n_layers = 3, .weight_type = weights});
+  convert_to_flm(c.gguf, c.flm, {.bundle_type = bundle_type, .force = true});
+  return c;
+}
+
+double max_abs_diff(std::span<const float> a, std::span<const float> b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(double{a[i]} - b[i]));
+  return d;
+}
+
+const std::vector<int32_t> kPrompt = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114};
+
+std::vector<float> logits_of(const std::string& path, const std::string& mode,
+                             const std::string& budget = "") {
+  auto model = Model::load(path);
+  Engine engine(*model, {.threads = 2, .context_size = 64, .max_batch = 8, .mode = mode,
+                         .mem_budget = budget});
+  std::vector<float> out;
+  for (size_t i = 0; i < kPrompt.size(); ++i) {
+    auto logits = engine.transformer().forward(std::span(&kPrompt[i], 1));
+    out.insert(out.end(), logits.begin(), logits.end());
+  }
+  return out;
+}
+
+TEST(SparseFfn, AllNeuronsEqualTheDenseFfnOfTheSameWeights) {
+  // F16 bundles of F32 weights: the bundle FFN and the dense FFN see nearly the same numbers.
+  const Converted m = make_models("sparse-vs-dense", BundleType::F16, TensorType::F32);
+  auto gguf_model = Model::load(m.gguf);
+  auto flm_model = Model::load(m.flm);
+  ThreadPool pool(2);
+  DenseFeedForward dense(gguf_model->config, gguf_model->weights, pool);
+  const auto x = testing::random_floats(3 * 64, 42);
+  std::vector<float> expected(3 * 64), got(3 * 64);
+  dense.forward(1, x.data(), 3, expected.data());
+
+  const FlashModelFile& flm = *flm_model->flash;
+  FlashFeedForward flash(flm, flm_model->config, plan_memory(flm, FfnMode::Dense, 1ull << 30),
+                         IoBackend::Auto, pool);
+  flash.forward(1, x.data(), 3, got.data());
+  EXPECT_LT(max_abs_diff(got, expected), 5e-3);
+}
+
+TEST(SparseFfn, DisjointNeuronSetsSumToTheWholeLayer) {
+  const Converted m = make_models("subset", BundleType::Q8_0, TensorType::Q8_0);
+  auto model = Model::load(m.flm);
+  const FlashModelFile& flm = *model->flash;
+  ThreadPool pool(2);
+  FlashFeedForward all(flm, model->config, plan_memory(flm, FfnMode::Dense, 1ull << 30),
+                       IoBackend::Auto, pool);
+  // Neurons [0, 40) + [40, 128) computed as two spans equal the whole layer in one span.
+  std::vector<uint8_t> bytes(flm.layers()[0].bytes);
+  {
+    std::ifstream in(m.flm, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(flm.layers()[0].offset));
+    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  const size_t stride = flm.layout().stride;
+  SparseFfn sparse(flm.layout(), model->config.activation, pool);
+  const auto x = testing::random_floats(64, 7);
+  std::vector<float> whole(64), split(64);
+  std::vector<const uint8_t*> all, odd, even;
+  for (int i = 0; i < 128; ++i) {
+    all.push_back(bytes.data() + i * stride);
+    (i % 2 ? odd : even).push_back(bytes.data() + i * stride);
+  }
+  std::vector<float> part(64);
+  sparse.forward(all, x.data(), 1, whole.data());
+  sparse.forward(odd, x.data(), 1, split.data());
+  sparse.forward(even, x.data(), 1, part.data());
+  for (int i = 0; i < 64; ++i) split[i] += part[i];
+  EXPECT_LT(max_abs_diff(whole, split), 1e-5);
+}
+
+TEST(FlashModes, EveryModeGivesTheSameLogitsAsDense) {
+  const Converted m = make_models("modes", BundleType::Source, TensorType::Q4_1);
+  const auto dense = logits_of(m.flm, "dense");
+  // A budget that leaves room for about half of the FFN in hybrid mode.
+  for (const std::string mode : {"naive", "hybrid", "mmap"}) {
+    const auto got = logits_of(m.flm, mode, "75%");
+    EXPECT_LT(max_abs_diff(got, dense), 1e-4) << mode;
+  }
+  // The .flm in dense mode against the GGUF: down columns were re-quantized to Q8_0.
+  const auto gguf = logits_of(m.gguf, "dense");
+  EXPECT_LT(max_abs_diff(gguf, dense), 5e-2);
+}
+
+TEST(FlashModes, ImpossibleBudgetIsRefusedWithTheNumbers) {
+  const Converted m = make_models("budget", BundleType::Source, TensorType::Q8_0);
+  auto model = Model::load(m.flm);
+  try {
+    Engine engine(*model, {.mode = "naive", .mem_budget = "1K"});
+    FAIL() << "a 1 KiB budget cannot hold the resident part";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("too small"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Engine(*model, {.mode = "dense", .mem_budget = "10%"}), Error);
+}
+
+TEST(FlashModes, StreamingModesNeedAFlmFile) {
+  const Converted m = make_models("needs-flm", BundleType::Source, TensorType::Q8_0);
+  auto model = Model::load(m.gguf);
+  EXPECT_THROW(Engine(*model, {.mode = "naive"}), Error);
+}
+
+TEST(FlashModes, HybridKeepsTheBudget) {
+  const Converted m = make_models("hybrid-budget", BundleType::Source, TensorType::Q8_0);
+  auto model = Model::load(m.flm);
+  for (const char* budget : {"60%", "80%", "95%"}) {
+    Engine engine(*model, {.mode = "hybrid", .mem_budget = budget});
+    ASSERT_NE(engine.plan(), nullptr);
+    EXPECT_LE(engine.plan()->dram_bytes(), engine.plan()->budget) << budget;
+  }
+}
+
+TEST(MemoryBudget, ParsesSizesAndPercentages) {
+  EXPECT_EQ(parse_memory_budget("50%", 1000), 500u);
+  EXPECT_EQ(parse_memory_budget("2K", 0), 2048u);
+  EXPECT_EQ(parse_memory_budget("1.5M", 0), 1572864u);
+  EXPECT_EQ(parse_memory_budget("1G", 0), 1073741824u);
+  EXPECT_EQ(parse_memory_budget("12345", 0), 12345u);
+  EXPECT_THROW(parse_memory_budget("lots", 0), Error);
+  EXPECT_THROW(parse_memory_budget("-5%", 100), Error);
+  EXPECT_THROW(parse_memory_budget("5X", 100), Error);
+}
+
+}  // namespace
+}  // namespace flashlm

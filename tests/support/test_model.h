@@ -1,0 +1,37 @@
+// Small synthetic models written as real GGUF files, for tests that need only structure.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "quant/types.h"
+
+namespace flashlm::testing {
+
+struct TinyModelSpec {
+  std::string architecture = "llama";  // "llama" or "qwen2"
+  int n_layers = 2;
+  int d_model = 64;
+  int d_ff = 128;
+  int n_heads = 4;
+  int n_kv_heads = 2;
+  int context_length = 256;
+  TensorType weight_type = TensorType::F32;  // for the 2-D matrices
+  bool tied_embeddings = true;
+  uint64_t seed = 1;
+};
+
+// Vocabulary: the 256 GPT-2 byte tokens, then <|endoftext|>, <|im_start|>, <|im_end|>.
+constexpr int kTinyVocab = 259;
+
+// Writes the model to `path` (byte-level BPE tokenizer with no merges, random weights).
+void write_tiny_model(const std::string& path, const TinyModelSpec& spec = {});
+
+// A unique path in a fresh folder on the real disk (not tmpfs), removed at process exit.
+std::string temp_path(const std::string& name);
+
+// Random floats in [-scale, scale] from a seed.
+std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f);
+
+}  // namespace flashlm::testing
