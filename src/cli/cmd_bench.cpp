@@ -35,6 +35,9 @@ struct ModeResult {
   double read_mib_per_s = 0;
   double prefill_ms = 0;
   double agreement_with_dense = -1;  // fraction of generated tokens equal to dense's
+  double ms_select = 0;              // predictor (or oracle) time, part of compute
+  double neurons_loaded_per_token = 0;
+  double cache_hit_rate = -1;
   uint64_t rss_bytes = 0;
   std::vector<int32_t> tokens;
 };
@@ -71,7 +74,6 @@ ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::stri
   Engine engine(model, options);
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   Transformer& tr = engine.transformer();
-  FlashFeedForward* flash = engine.flash();
   Sampler greedy({.temperature = 0});
 
   ModeResult r;
@@ -79,7 +81,7 @@ ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::stri
   auto start = Clock::now();
   std::span<const float> logits = tr.forward(prompt);
   r.prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-  if (flash) flash->reset_stats();
+  engine.reset_stats();
   double total_ms = 0, first8_ms = 0;
   for (int i = 0; i < o.generate_tokens; ++i) {
     const int32_t token = greedy.sample(logits);
@@ -93,12 +95,19 @@ ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::stri
   const double n = o.generate_tokens;
   r.ms_total = total_ms / n;
   r.ms_total_first8 = first8_ms / std::min(8, o.generate_tokens);
-  if (flash) {
-    const FlashStats& s = flash->stats();
+  if (const FlashStats* flash = engine.flash_stats()) {
+    const FlashStats& s = *flash;
     r.ms_io = s.io_seconds * 1e3 / n;
     r.ms_mem = s.memory_seconds * 1e3 / n;
     r.bytes_read_per_token = static_cast<double>(s.bytes_read) / n;
     r.read_mib_per_s = s.io_seconds > 0 ? s.bytes_read / 1048576.0 / s.io_seconds : 0;
+  }
+  if (const SparseStats* sparse = engine.sparse_stats()) {
+    r.ms_select = sparse->select_seconds * 1e3 / n;
+    r.neurons_loaded_per_token = static_cast<double>(sparse->neurons_loaded) / n;
+    r.cache_hit_rate = sparse->neurons_active > 0
+                           ? static_cast<double>(sparse->cache_hits) / sparse->neurons_active
+                           : 0;
   }
   r.ms_compute = r.ms_total - r.ms_io - r.ms_mem;
   r.rss_bytes = current_rss_bytes();
@@ -145,17 +154,22 @@ void bench(const BenchOptions& o) {
               model->config.name.c_str(), o.prompt_tokens, o.generate_tokens,
               o.common.engine_options().threads > 0 ? o.common.engine_options().threads
                                                    : ThreadPool::default_threads());
-  std::printf("| mode | I/O ms | mem ms | compute ms | total ms/token | first 8 ms | MiB read/token "
-              "| read MiB/s | prefill ms | same tokens as dense | RSS MiB |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| mode | I/O ms | mem ms | compute ms (select) | total ms/token | first 8 ms | "
+              "MiB read/token | read MiB/s | neurons loaded/token | cache hits | prefill ms | "
+              "same tokens as dense | RSS MiB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const ModeResult& r : results) {
-    std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.1f | %s | %.0f |\n",
-                r.mode.c_str(), r.ms_io, r.ms_mem, r.ms_compute, r.ms_total, r.ms_total_first8,
-                r.bytes_read_per_token / 1048576.0, r.read_mib_per_s, r.prefill_ms,
-                r.agreement_with_dense < 0
-                    ? "-"
-                    : fmt::format("{:.1f}%", 100 * r.agreement_with_dense).c_str(),
-                r.rss_bytes / 1048576.0);
+    const std::string same =
+        r.agreement_with_dense < 0 ? "-" : fmt::format("{:.1f}%", 100 * r.agreement_with_dense);
+    const std::string hits =
+        r.cache_hit_rate < 0 ? "-" : fmt::format("{:.1f}%", 100 * r.cache_hit_rate);
+    std::printf(
+        "| %s | %.2f | %.2f | %.2f (%.2f) | %.2f | %.2f | %.2f | %.0f | %.0f | %s | %.1f | %s | "
+        "%.0f |\n",
+        r.mode.c_str(), r.ms_io, r.ms_mem, r.ms_compute, r.ms_select, r.ms_total,
+        r.ms_total_first8, r.bytes_read_per_token / 1048576.0, r.read_mib_per_s,
+        r.neurons_loaded_per_token, hits.c_str(), r.prefill_ms, same.c_str(),
+        r.rss_bytes / 1048576.0);
   }
   std::printf("peak RSS of the process: %.0f MiB\n", peak_rss_bytes() / 1048576.0);
 
@@ -173,6 +187,9 @@ void bench(const BenchOptions& o) {
                      {"prefill_ms", r.prefill_ms},
                      {"agreement_with_dense", r.agreement_with_dense},
                      {"rss_bytes", r.rss_bytes},
+                     {"ms_select", r.ms_select},
+                     {"neurons_loaded_per_token", r.neurons_loaded_per_token},
+                     {"cache_hit_rate", r.cache_hit_rate},
                      {"tokens", r.tokens}});
     }
     std::ofstream f(o.json_path);

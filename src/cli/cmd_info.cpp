@@ -3,6 +3,7 @@
 #include <map>
 
 #include "cli/commands.h"
+#include "common/error.h"
 #include "gguf/gguf.h"
 #include "model/config.h"
 

@@ -30,8 +30,10 @@ void CommonOptions::add_flash(CLI::App& cmd) {
   cmd.add_option("--mode", engine.mode,
                  "Where the FFN comes from: dense (all in DRAM), naive (every neuron read from "
                  "flash every token), hybrid (part resident, the rest read), mmap (the page cache "
-                 "decides); the streaming modes need a .flm model (flashlm convert)")
-      ->check(CLI::IsMember({"dense", "naive", "hybrid", "mmap"}))
+                 "decides), sparse (predicted neurons through a windowed DRAM cache), "
+                 "sparse-oracle (the true active neurons; a measuring instrument); all but dense "
+                 "need a .flm model (flashlm convert)")
+      ->check(CLI::IsMember({"dense", "naive", "hybrid", "mmap", "sparse", "sparse-oracle"}))
       ->capture_default_str()
       ->envname("FLASHLM_MODE");
   cmd.add_option("--mem-budget", engine.mem_budget,
@@ -40,6 +42,17 @@ void CommonOptions::add_flash(CLI::App& cmd) {
       ->envname("FLASHLM_MEM_BUDGET");
   cmd.add_option("--io", io, "Flash read backend: auto, uring (io_uring) or pread (thread pool)")
       ->check(CLI::IsMember({"auto", "uring", "pread"}))
+      ->capture_default_str();
+  cmd.add_option("--sparsity", engine.sparsity,
+                 "Treat this share of FFN neurons as inactive, using the per-layer thresholds of "
+                 "`flashlm calibrate` (0 = off; sparse modes need one of the calibrated levels)")
+      ->check(CLI::Range(0.0, 0.99))
+      ->capture_default_str();
+  cmd.add_option("--sparse-file", engine.sparse_file,
+                 "Thresholds and predictors from calibrate (default: MODEL.flm.sparse)");
+  cmd.add_option("--window", engine.window,
+                 "Sparse modes: tokens a neuron stays in the DRAM cache after its last use")
+      ->check(CLI::Range(1, 1024))
       ->capture_default_str();
 }
 
@@ -56,12 +69,15 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "flashlm 0.1.0");
   // register commands here
+  flashlm::register_serve_command(app);
+  flashlm::register_chat_command(app);
   flashlm::register_run_command(app);
   flashlm::register_perplexity_command(app);
   flashlm::register_info_command(app);
   flashlm::register_convert_command(app);
   flashlm::register_verify_command(app);
   flashlm::register_bench_command(app);
+  flashlm::register_calibrate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -12,6 +12,8 @@
 #include "flash/flash_ffn.h"
 #include "flash/memory_plan.h"
 #include "model/transformer.h"
+#include "sparse/sparsity.h"
+#include "sparse/windowed_ffn.h"
 
 namespace flashlm {
 
@@ -19,21 +21,28 @@ struct EngineOptions {
   int threads = 0;  // 0: all cores
   int context_size = 2048;
   int max_batch = 64;
-  std::string mode = "dense";  // dense, naive, hybrid, mmap (the latter three need a .flm)
-  std::string mem_budget;      // empty: no limit (dense needs all of it)
+  // dense, naive, hybrid, mmap, sparse, sparse-oracle (all but dense need a .flm)
+  std::string mode = "dense";
+  std::string mem_budget;  // empty: no limit (dense needs all of it)
   IoBackend io_backend = IoBackend::Auto;
+  float sparsity = 0;       // share of neurons treated as inactive (thresholds from calibrate)
+  std::string sparse_file;  // thresholds and predictors; default MODEL.flm.sparse
+  int window = 4;           // tokens a neuron stays cached after its last use (sparse modes)
 };
 
 class Engine {
  public:
   Engine(const Model& model, const EngineOptions& options);
+  ~Engine();
 
   Transformer& transformer() { return *transformer_; }
   ThreadPool& pool() { return pool_; }
   const Model& model() const { return model_; }
-  // The flash FFN and its plan; null for a plain GGUF model in dense mode.
-  FlashFeedForward* flash() { return flash_ffn_.get(); }
   const MemoryPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
+  // Flash counters (null for a GGUF model in dense mode); sparse counters (sparse modes only).
+  const FlashStats* flash_stats() const;
+  const SparseStats* sparse_stats() const;
+  void reset_stats();
 
  private:
   const Model& model_;
@@ -41,6 +50,9 @@ class Engine {
   std::optional<MemoryPlan> plan_;
   std::unique_ptr<FeedForward> dense_ffn_;
   std::unique_ptr<FlashFeedForward> flash_ffn_;
+  std::unique_ptr<FlashFeedForward> oracle_copy_;
+  std::unique_ptr<NeuronSelector> selector_;
+  std::unique_ptr<WindowedSparseFfn> sparse_ffn_;
   std::unique_ptr<Transformer> transformer_;
 };
 

@@ -73,6 +73,9 @@ FlashFeedForward::FlashFeedForward(const FlashModelFile& file, const ModelConfig
       }
       break;
     }
+    case FfnMode::Sparse:
+    case FfnMode::SparseOracle:
+      fail("internal error: {} mode is served by the windowed sparse FFN", ffn_mode_name(plan_.mode));
   }
   stats_ = {};
 }
@@ -102,7 +105,7 @@ const uint8_t* FlashFeedForward::read_layer_range(int layer, uint64_t begin, uin
   return buffer.data() + (l.offset + begin - first);
 }
 
-void FlashFeedForward::forward(int layer, const float* x, int64_t n_tokens, float* out) {
+void FlashFeedForward::gather_bundles(int layer) {
   const FlmLayer& l = file_.layers()[layer];
   const size_t stride = file_.layout().stride;
   const int d_ff = file_.d_ff();
@@ -127,6 +130,9 @@ void FlashFeedForward::forward(int layer, const float* x, int64_t n_tokens, floa
     case FfnMode::Mmap:
       first = static_cast<const uint8_t*>(map_) + l.offset;
       break;
+    case FfnMode::Sparse:
+    case FfnMode::SparseOracle:
+      break;  // never constructed in these modes
   }
   const auto start = Clock::now();
   bundles_.resize(d_ff);
@@ -134,9 +140,30 @@ void FlashFeedForward::forward(int layer, const float* x, int64_t n_tokens, floa
     bundles_[i] = i < split ? first + static_cast<size_t>(i) * stride
                             : second + static_cast<size_t>(i - split) * stride;
   }
-  sparse_ffn_.forward(bundles_, x, n_tokens, out);
+  stats_.memory_seconds += seconds_since(start);
+}
+
+void FlashFeedForward::forward(int layer, const float* x, int64_t n_tokens, float* out) {
+  gather_bundles(layer);
+  const auto start = Clock::now();
+  sparse_ffn_.forward(bundles_, x, n_tokens, out, thresholds_.empty() ? 0.0f : thresholds_[layer]);
   stats_.compute_seconds += seconds_since(start);
-  stats_.neurons_computed += static_cast<uint64_t>(d_ff) * n_tokens;
+  stats_.neurons_computed += bundles_.size() * static_cast<uint64_t>(n_tokens);
+}
+
+void FlashFeedForward::set_thresholds(std::vector<float> thresholds) {
+  if (!thresholds.empty() && thresholds.size() != file_.layers().size()) {
+    fail("internal error: {} thresholds for {} layers", thresholds.size(), file_.layers().size());
+  }
+  thresholds_ = std::move(thresholds);
+}
+
+void FlashFeedForward::activations(int layer, const float* x, float* out) {
+  if (plan_.mode != FfnMode::Dense) {
+    fail("internal error: activations of every neuron need dense mode");
+  }
+  gather_bundles(layer);
+  sparse_ffn_.activations(bundles_, x, out);
 }
 
 }  // namespace flashlm

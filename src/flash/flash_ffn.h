@@ -33,6 +33,11 @@ class FlashFeedForward : public FeedForward {
 
   void forward(int layer, const float* x, int64_t n_tokens, float* out) override;
 
+  // Per-layer activation thresholds (see sparse/sparsity.h); empty: every neuron counts.
+  void set_thresholds(std::vector<float> thresholds);
+  // act(gate . x) of every neuron of `layer` for one token (dense mode: all bundles in DRAM).
+  void activations(int layer, const float* x, float* out);
+
   const FlashStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
   const IoEngine& io() const { return *io_; }
@@ -49,7 +54,9 @@ class FlashFeedForward : public FeedForward {
   SparseFfn sparse_ffn_;
   AlignedBuffer resident_;  // dense: every layer; hybrid: the first neurons of every layer
   AlignedBuffer stream_;    // naive / hybrid: the layer being read
+  void gather_bundles(int layer);
   std::vector<const uint8_t*> bundles_;  // this layer's bundles, handed to the FFN kernel
+  std::vector<float> thresholds_;
   void* map_ = nullptr;     // mmap mode: the whole file
   size_t map_bytes_ = 0;
   FlashStats stats_;

@@ -23,11 +23,21 @@ namespace flashlm {
 
 const char* io_backend_name(IoBackend backend) {
   switch (backend) {
-    case IoBackend::Auto: return "auto";
-    case IoBackend::IoUring: return "io_uring";
-    case IoBackend::Pread: return "pread";
+    case IoBackend::Auto:
+      return "auto";
+    case IoBackend::IoUring:
+      return "io_uring";
+    case IoBackend::Pread:
+      return "pread";
   }
   return "?";
+}
+
+IoBackend parse_io_backend(const std::string& name) {
+  if (name == "auto") return IoBackend::Auto;
+  if (name == "uring" || name == "io_uring") return IoBackend::IoUring;
+  if (name == "pread") return IoBackend::Pread;
+  fail("unknown I/O backend '{}'; use auto, uring or pread", name);
 }
 
 AlignedBuffer::AlignedBuffer(size_t size) : size_(size) {
@@ -87,9 +97,15 @@ class IoEngine::Queue {
     }
     const ReadRequest& r = piece.request;
     if (result < 0) {
-      error = fmt::format("'{}': reading {} bytes at offset {} failed: {}; check the device (dmesg) "
-                          "and that the file is intact",
-                          engine_.path_, r.length, r.offset, std::strerror(static_cast<int>(-result)));
+      error = fmt::format(
+          "'{}': reading {} bytes at offset {} failed: {}; check the device (dmesg) "
+          "and that the file is intact",
+          engine_.path_, r.length, r.offset, std::strerror(static_cast<int>(-result)));
+      return Outcome::Failed;
+    }
+    if (result > left.length) {
+      error = fmt::format("'{}': a read of {} bytes at offset {} reported {} bytes", engine_.path_,
+                          left.length, left.offset, result);
       return Outcome::Failed;
     }
     engine_.bytes_read_ += static_cast<uint64_t>(result);
@@ -98,11 +114,14 @@ class IoEngine::Queue {
     // block is harmless. A read that cannot deliver one whole block has met the end of the file.
     const uint64_t progress = align_down(static_cast<uint64_t>(result), engine_.alignment_);
     if (progress == 0) {
-      error = fmt::format("'{}': unexpected end of file at offset {}: reading {} bytes at offset "
-                          "{} needs the file to be at least {} bytes, it has {}; the file is "
-                          "truncated or not the one expected",
-                          engine_.path_, left.offset + static_cast<uint64_t>(result), r.length,
-                          r.offset, r.offset + r.length, engine_.file_size());
+      struct stat st {};  // not file_size(): this may run on a worker thread, which must not throw
+      const std::string size =
+          ::fstat(engine_.fd_, &st) == 0 ? fmt::format("{}", st.st_size) : "fewer";
+      error = fmt::format(
+          "'{}': unexpected end of file at offset {}: reading {} bytes at offset {} needs the "
+          "file to be at least {} bytes, it has {}; the file is truncated or not the one expected",
+          engine_.path_, left.offset + static_cast<uint64_t>(result), r.length, r.offset,
+          r.offset + r.length, size);
       return Outcome::Failed;
     }
     piece.done += static_cast<uint32_t>(progress);
@@ -133,8 +152,9 @@ class UringQueue final : public IoEngine::Queue {
     io_uring_free_probe(probe);
     if (!can_read) {
       io_uring_queue_exit(&ring_);
-      fail("this kernel's io_uring cannot read files (needs Linux 5.6): use the pread backend "
-           "(--io pread)");
+      fail(
+          "this kernel's io_uring cannot read files (needs Linux 5.6): use the pread backend "
+          "(--io pread)");
     }
     for (unsigned i = depth; i > 0; --i) free_slots_.push_back(i - 1);
   }
@@ -218,9 +238,14 @@ class UringQueue final : public IoEngine::Queue {
       if (!error_.empty()) continue;  // draining after a failure: the batch is lost anyway
       Piece& piece = slots_[slot];
       switch (settle(piece, cqe->res, error_)) {
-        case Outcome::Done: break;
-        case Outcome::Again: waiting_.push_front(piece); break;
-        case Outcome::Failed: waiting_.clear(); break;
+        case Outcome::Done:
+          break;
+        case Outcome::Again:
+          waiting_.push_front(piece);
+          break;
+        case Outcome::Failed:
+          waiting_.clear();
+          break;
       }
     }
     io_uring_cq_advance(&ring_, seen);
@@ -317,8 +342,10 @@ class PreadQueue final : public IoEngine::Queue {
       const ssize_t n = ::pread(engine().fd(), r.dest, r.length, static_cast<off_t>(r.offset));
       switch (settle(piece, n < 0 ? -errno : n, error)) {
         case Outcome::Done:
-        case Outcome::Failed: return;
-        case Outcome::Again: break;
+        case Outcome::Failed:
+          return;
+        case Outcome::Again:
+          break;
       }
     }
   }
@@ -368,9 +395,10 @@ IoEngine::IoEngine(const std::string& path, IoBackend backend, unsigned queue_de
   fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
   if (fd_ < 0) {
     if (errno == EINVAL) {
-      fail("'{}': the file system does not support direct I/O (O_DIRECT); put the file on a "
-           "local disk",
-           path);
+      fail(
+          "'{}': the file system does not support direct I/O (O_DIRECT); put the file on a "
+          "local disk",
+          path);
     }
     fail("cannot open '{}': {}", path, std::strerror(errno));
   }
@@ -410,9 +438,10 @@ void IoEngine::submit(std::span<const ReadRequest> requests) {
   for (const ReadRequest& r : requests) {
     if (r.offset % alignment_ != 0 || r.length % alignment_ != 0 ||
         reinterpret_cast<uintptr_t>(r.dest) % alignment_ != 0) {
-      fail("'{}': read of {} bytes at offset {} into {} is not aligned to {} bytes as direct I/O "
-           "requires; round with align_down/align_up and read into an AlignedBuffer",
-           path_, r.length, r.offset, static_cast<const void*>(r.dest), alignment_);
+      fail(
+          "'{}': read of {} bytes at offset {} into {} is not aligned to {} bytes as direct I/O "
+          "requires; round with align_down/align_up and read into an AlignedBuffer",
+          path_, r.length, r.offset, static_cast<const void*>(r.dest), alignment_);
     }
   }
   requests_ += requests.size();

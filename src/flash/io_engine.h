@@ -23,6 +23,8 @@ enum class IoBackend {
   Pread,    // a pool of threads, one blocking pread each
 };
 const char* io_backend_name(IoBackend backend);
+// "auto", "uring" (or "io_uring") or "pread", as the --io flag takes them.
+IoBackend parse_io_backend(const std::string& name);
 
 // Page alignment satisfies the O_DIRECT rules of every device with blocks of up to 4 KiB.
 constexpr uint64_t kPageBytes = 4096;
@@ -67,10 +69,10 @@ struct ReadRequest {
 using IoFaultHook = std::function<int64_t(const ReadRequest& read, int64_t result)>;
 
 struct IoCounters {
-  uint64_t bytes_read = 0;   // bytes delivered into requests' buffers
-  uint64_t requests = 0;     // requests submitted by callers
-  uint64_t resubmits = 0;    // reads issued again after a short read or EINTR/EAGAIN
-  double wait_seconds = 0;   // time callers spent in submit(), wait() and read_all()
+  uint64_t bytes_read = 0;  // bytes delivered into requests' buffers
+  uint64_t requests = 0;    // requests submitted by callers
+  uint64_t resubmits = 0;   // reads issued again after a short read or EINTR/EAGAIN
+  double wait_seconds = 0;  // time callers spent in submit(), wait() and read_all()
 };
 
 // Reads one file. Not thread-safe: one thread at a time submits and waits.

@@ -16,7 +16,9 @@ FfnMode parse_ffn_mode(const std::string& name) {
   if (name == "naive") return FfnMode::Naive;
   if (name == "hybrid") return FfnMode::Hybrid;
   if (name == "mmap") return FfnMode::Mmap;
-  fail("unknown mode '{}'; use dense, naive, hybrid or mmap", name);
+  if (name == "sparse") return FfnMode::Sparse;
+  if (name == "sparse-oracle") return FfnMode::SparseOracle;
+  fail("unknown mode '{}'; use dense, naive, hybrid, mmap, sparse or sparse-oracle", name);
 }
 
 const char* ffn_mode_name(FfnMode mode) {
@@ -25,6 +27,8 @@ const char* ffn_mode_name(FfnMode mode) {
     case FfnMode::Naive: return "naive";
     case FfnMode::Hybrid: return "hybrid";
     case FfnMode::Mmap: return "mmap";
+    case FfnMode::Sparse: return "sparse";
+    case FfnMode::SparseOracle: return "sparse-oracle";
   }
   return "?";
 }
@@ -64,6 +68,8 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
     case FfnMode::Naive: p.stream_buffer_bytes = 2 * layer_bytes; break;  // double-buffered
     case FfnMode::Hybrid: p.stream_buffer_bytes = 2 * layer_bytes; break;
     case FfnMode::Mmap: break;
+    case FfnMode::Sparse:
+    case FfnMode::SparseOracle: p.stream_buffer_bytes = layer_bytes; break;  // staging
   }
   const uint64_t fixed = p.resident_bytes + p.stream_buffer_bytes + p.ffn_dram_bytes;
   if (budget < fixed) {
@@ -73,11 +79,15 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
          mib(p.stream_buffer_bytes), mib(p.ffn_dram_bytes),
          mode == FfnMode::Dense ? " or use a streaming mode (naive, hybrid, mmap)" : "");
   }
+  const uint64_t per_neuron = model.layout().stride * static_cast<uint64_t>(p.n_layers);
+  const int neurons = static_cast<int>(std::min<uint64_t>((budget - fixed) / per_neuron, p.d_ff));
   if (mode == FfnMode::Hybrid) {
-    const uint64_t per_neuron = model.layout().stride * static_cast<uint64_t>(p.n_layers);
-    p.resident_neurons_per_layer =
-        static_cast<int>(std::min<uint64_t>((budget - fixed) / per_neuron, p.d_ff));
-    p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(p.resident_neurons_per_layer);
+    p.resident_neurons_per_layer = neurons;
+    p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(neurons);
+  }
+  if (mode == FfnMode::Sparse || mode == FfnMode::SparseOracle) {
+    p.cache_neurons_per_layer = neurons;
+    p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(neurons);
   }
   return p;
 }
@@ -106,6 +116,13 @@ std::string MemoryPlan::describe() const {
       s += fmt::format("  FFN: {} memory-mapped; the page cache decides what stays (run inside a "
                        "memory cgroup for an honest budget)\n",
                        mib(ffn_bytes));
+      break;
+    case FfnMode::Sparse:
+    case FfnMode::SparseOracle:
+      s += fmt::format(
+          "  FFN: neuron cache of {} of {} neurons per layer ({}); active neurons not cached are "
+          "read from flash; staging buffer {}\n",
+          cache_neurons_per_layer, d_ff, mib(ffn_dram_bytes), mib(stream_buffer_bytes));
       break;
   }
   s += fmt::format("  weights in DRAM: {} of the {} budget", mib(dram_bytes()), mib(budget));

@@ -14,6 +14,8 @@ enum class FfnMode {
   Naive,   // every bundle read from flash for every token
   Hybrid,  // a fixed share of each layer's bundles resident, the rest read every token
   Mmap,    // bundles memory-mapped; the OS page cache decides what stays
+  Sparse,  // predicted-active neurons read into a windowed DRAM cache (the paper)
+  SparseOracle,  // as Sparse, with the true active neurons instead of predicted ones
 };
 FfnMode parse_ffn_mode(const std::string& name);
 const char* ffn_mode_name(FfnMode mode);
@@ -30,6 +32,7 @@ struct MemoryPlan {
   uint64_t stream_buffer_bytes = 0;  // buffers that flash reads land in
   uint64_t ffn_dram_bytes = 0;     // bundles kept in DRAM
   int resident_neurons_per_layer = 0;  // hybrid: bundles 0..n-1 of each layer stay in DRAM
+  int cache_neurons_per_layer = 0;     // sparse: rows of each layer's neuron cache
   int d_ff = 0;
   int n_layers = 0;
 

@@ -22,7 +22,10 @@ void rms_norm(const float* x, const float* weight, float* y, int64_t n_rows, int
 
 void linear(const Matrix& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool,
             const Vector& bias) {
-  thread_local std::vector<PreparedInput> inputs;
+  // Per calling thread; the workers must see the caller's vector, not a thread_local of their
+  // own, hence the reference.
+  thread_local std::vector<PreparedInput> caller_inputs;
+  std::vector<PreparedInput>& inputs = caller_inputs;
   if (static_cast<int64_t>(inputs.size()) < n_tokens) inputs.resize(n_tokens);
   pool.parallel_for(n_tokens, [&](int64_t begin, int64_t end, int) {
     for (int64_t t = begin; t < end; ++t) inputs[t].prepare(w.type, x + t * w.cols, w.cols);

@@ -1,0 +1,106 @@
+// `flashlm serve`: an OpenAI-compatible HTTP server (see server/server.h).
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "flash/memory_plan.h"
+#include "server/server.h"
+
+namespace flashlm {
+namespace {
+
+struct ServeOptions {
+  CommonOptions common;
+  ServerOptions server;
+  std::string max_body = "1M";
+};
+
+// Set by SIGINT and SIGTERM. A signal handler may do little more than this, so a watcher
+// thread turns it into ApiServer::stop().
+std::atomic<bool> stop_requested{false};
+
+extern "C" void request_stop(int) { stop_requested = true; }
+
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = request_stop;
+  // One signal stops cleanly; should that hang, a second one kills the default way.
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  // A client that disconnects makes writes fail; they must not kill the process.
+  std::signal(SIGPIPE, SIG_IGN);
+}
+
+// The size syntax of --mem-budget, less the percentage, which means nothing here.
+size_t parse_body_limit(const std::string& text) {
+  uint64_t bytes = 0;
+  if (!text.ends_with('%')) {
+    try {
+      bytes = parse_memory_budget(text, 0);
+    } catch (const Error&) {
+      bytes = 0;
+    }
+  }
+  if (bytes == 0) fail("cannot read --max-body '{}': use a size such as 1M or 64K, or bytes", text);
+  return bytes;
+}
+
+void serve(ServeOptions& o) {
+  o.server.max_body = parse_body_limit(o.max_body);
+  o.server.model_id = std::filesystem::path(o.common.model_path).filename().string();
+  install_stop_handlers();
+  auto model = Model::load(o.common.model_path);
+  Engine engine(*model, o.common.engine_options());
+  if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
+  ApiServer server(engine, o.server);
+  const int port = server.bind();
+
+  std::jthread watcher([&server](std::stop_token done) {
+    while (!done.stop_requested() && !stop_requested) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (stop_requested) server.stop();
+  });
+  // On stdout, so that scripts that start the server with --port 0 can read the port.
+  std::printf("flashlm serve: listening on http://%s:%d (model %s, context %d, %d threads)\n",
+              o.server.host.c_str(), port, o.server.model_id.c_str(),
+              engine.transformer().context_size(), engine.pool().size());
+  std::fflush(stdout);
+  server.listen();
+  std::fprintf(stderr, "flashlm serve: stopped\n");
+}
+
+}  // namespace
+
+void register_serve_command(CLI::App& app) {
+  auto opts = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API");
+  opts->common.add_model(*cmd);
+  opts->common.add_threads(*cmd);
+  opts->common.add_context(*cmd, 2048);
+  opts->common.add_flash(*cmd);
+  cmd->add_option("--host", opts->server.host,
+                  "Address to listen on; 0.0.0.0 exposes the server to the network")
+      ->capture_default_str();
+  cmd->add_option("--port", opts->server.port, "Port to listen on; 0 picks a free one")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--max-queue", opts->server.max_queue,
+                  "Requests that may wait while one generates; more get 503")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  cmd->add_option("--max-body", opts->max_body, "Largest request body (e.g. 1M, 64K); more get 413")
+      ->capture_default_str();
+  cmd->callback([opts] { serve(*opts); });
+}
+
+}  // namespace flashlm

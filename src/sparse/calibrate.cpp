@@ -1,0 +1,83 @@
+#include "sparse/calibrate.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "engine/model.h"
+#include "flash/flash_ffn.h"
+#include "model/transformer.h"
+
+namespace flashlm {
+namespace {
+
+// The dense FFN with a look at every neuron's activation on the way.
+class ObservedFeedForward : public FeedForward {
+ public:
+  ObservedFeedForward(FlashFeedForward& dense, int d_model, int d_ff,
+                      const ActivationObserver& observe)
+      : dense_(dense), d_model_(d_model), activations_(d_ff), observe_(observe) {}
+
+  void forward(int layer, const float* x, int64_t n_tokens, float* out) override {
+    dense_.forward(layer, x, n_tokens, out);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      dense_.activations(layer, x + t * d_model_, activations_.data());
+      observe_(layer, x + t * d_model_, activations_.data());
+    }
+  }
+
+ private:
+  FlashFeedForward& dense_;
+  int d_model_;
+  std::vector<float> activations_;
+  const ActivationObserver& observe_;
+};
+
+}  // namespace
+
+int64_t run_calibration_text(const Model& model, std::string_view text,
+                             const CalibrationOptions& options, const ActivationObserver& observe,
+                             const std::function<void(int, int)>& progress) {
+  if (!model.flash) {
+    fail("calibration runs on the flash layout; convert the model first: flashlm convert -m {} "
+         "-o MODEL.flm",
+         model.file->path());
+  }
+  const std::vector<int32_t> tokens = model.tokenizer.encode(text, model.tokenizer.add_bos(), false);
+  const int64_t n = std::min<int64_t>(options.max_tokens, static_cast<int64_t>(tokens.size()));
+  if (n < options.segment_tokens) {
+    fail("the calibration text has {} tokens; at least {} are needed", tokens.size(),
+         options.segment_tokens);
+  }
+  ThreadPool pool(options.threads > 0 ? options.threads : ThreadPool::default_threads());
+  const FlashModelFile& flm = *model.flash;
+  FlashFeedForward dense(flm, model.config, plan_memory(flm, FfnMode::Dense, ~uint64_t{0} / 4),
+                         IoBackend::Auto, pool);
+  ObservedFeedForward observed(dense, model.config.d_model, model.config.d_ff, observe);
+  Transformer transformer(model.config, model.weights, observed, pool,
+                          {.context_size = options.segment_tokens, .max_batch = 32});
+  const int segments = static_cast<int>(n / options.segment_tokens);
+  for (int s = 0; s < segments; ++s) {
+    transformer.truncate(0);
+    transformer.forward(std::span(tokens).subspan(static_cast<size_t>(s) * options.segment_tokens,
+                                                  options.segment_tokens));
+    if (progress) progress(s + 1, segments);
+  }
+  return static_cast<int64_t>(segments) * options.segment_tokens;
+}
+
+SparsityProfile calibrate_thresholds(const Model& model, std::string_view text,
+                                     const CalibrationOptions& options,
+                                     const std::function<void(int, int)>& progress) {
+  ActivationSampler sampler(model.config.n_layers, options.samples_per_layer);
+  const int d_ff = model.config.d_ff;
+  run_calibration_text(
+      model, text, options,
+      [&](int layer, const float*, const float* activations) {
+        sampler.add(layer, activations, d_ff);
+      },
+      progress);
+  return sampler.profile(options.levels);
+}
+
+}  // namespace flashlm

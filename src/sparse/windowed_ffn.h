@@ -1,0 +1,69 @@
+// The paper's sparse FFN from flash: per token and layer,
+//   predict the active neurons -> plan reads of those not cached -> read them (O_DIRECT)
+//   -> update the windowed neuron cache -> compute the FFN over the active neurons.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "flash/flash_ffn.h"
+#include "flash/flash_layout.h"
+#include "flash/io_engine.h"
+#include "flash/memory_plan.h"
+#include "flash/read_plan.h"
+#include "model/feed_forward.h"
+#include "sparse/neuron_cache.h"
+#include "sparse/sparse_ffn.h"
+
+namespace flashlm {
+
+// Decides which neurons of a layer the next tokens need.
+class NeuronSelector {
+ public:
+  virtual ~NeuronSelector() = default;
+  // Sorted, duplicate-free ids of the neurons needed by any of the n_tokens inputs x.
+  virtual void select(int layer, const float* x, int64_t n_tokens,
+                      std::vector<int32_t>& active) = 0;
+};
+
+struct SparseStats {
+  double select_seconds = 0;  // predictor (or oracle) time
+  uint64_t neurons_active = 0;
+  uint64_t neurons_loaded = 0;
+  uint64_t cache_hits = 0;
+  uint64_t layer_steps = 0;  // (layer, token) pairs
+};
+
+class WindowedSparseFfn : public FeedForward {
+ public:
+  // thresholds[layer]: activations at most this large are treated as zero (as in dense
+  // evaluation at the same sparsity), so a predicted-but-inactive neuron changes nothing.
+  WindowedSparseFfn(const FlashModelFile& file, const ModelConfig& config, const MemoryPlan& plan,
+                    int window, std::vector<float> thresholds, NeuronSelector& selector,
+                    IoBackend backend, const PlannerSettings& planner, ThreadPool& pool);
+
+  void forward(int layer, const float* x, int64_t n_tokens, float* out) override;
+
+  const FlashStats& stats() const { return stats_; }
+  const SparseStats& sparse_stats() const { return sparse_stats_; }
+  void reset_stats();
+  const IoEngine& io() const { return io_; }
+
+ private:
+  const FlashModelFile& file_;
+  const MemoryPlan plan_;
+  std::vector<float> thresholds_;
+  NeuronSelector& selector_;
+  PlannerSettings planner_;
+  IoEngine io_;
+  SparseFfn sparse_ffn_;
+  std::vector<NeuronCache> caches_;
+  AlignedBuffer staging_;
+  int64_t step_ = 0;
+  std::vector<int32_t> active_, to_load_, uncached_, to_read_;
+  std::vector<const uint8_t*> bundles_;
+  FlashStats stats_;
+  SparseStats sparse_stats_;
+};
+
+}  // namespace flashlm
