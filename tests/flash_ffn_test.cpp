@@ -74,9 +74,7 @@ TEST(SparseFfn, DisjointNeuronSetsSumToTheWholeLayer) {
   auto model = Model::load(m.flm);
   const FlashModelFile& flm = *model->flash;
   ThreadPool pool(2);
-  FlashFeedForward all(flm, model->config, plan_memory(flm, FfnMode::Dense, 1ull << 30),
-                       IoBackend::Auto, pool);
-  // Neurons [0, 40) + [40, 128) computed as two spans equal the whole layer in one span.
+  // Odd and even neurons computed apart sum to the whole layer.
   std::vector<uint8_t> bytes(flm.layers()[0].bytes);
   {
     std::ifstream in(m.flm, std::ios::binary);
@@ -100,12 +98,21 @@ TEST(SparseFfn, DisjointNeuronSetsSumToTheWholeLayer) {
   EXPECT_LT(max_abs_diff(whole, split), 1e-5);
 }
 
+// A budget that covers the resident part and stream buffers plus `ffn_share` of the FFN.
+std::string budget_with_ffn_share(const std::string& flm_path, double ffn_share) {
+  auto model = Model::load(flm_path);
+  const MemoryPlan fixed = plan_memory(*model->flash, FfnMode::Hybrid, ~uint64_t{0} / 4);
+  const uint64_t bytes = fixed.resident_bytes + fixed.stream_buffer_bytes +
+                         static_cast<uint64_t>(ffn_share * static_cast<double>(fixed.ffn_bytes));
+  return std::to_string(bytes);
+}
+
 TEST(FlashModes, EveryModeGivesTheSameLogitsAsDense) {
   const Converted m = make_models("modes", BundleType::Source, TensorType::Q4_1);
   const auto dense = logits_of(m.flm, "dense");
-  // A budget that leaves room for about half of the FFN in hybrid mode.
+  const std::string budget = budget_with_ffn_share(m.flm, 0.5);
   for (const std::string mode : {"naive", "hybrid", "mmap"}) {
-    const auto got = logits_of(m.flm, mode, "75%");
+    const auto got = logits_of(m.flm, mode, budget);
     EXPECT_LT(max_abs_diff(got, dense), 1e-4) << mode;
   }
   // The .flm in dense mode against the GGUF: down columns were re-quantized to Q8_0.
@@ -134,7 +141,8 @@ TEST(FlashModes, StreamingModesNeedAFlmFile) {
 TEST(FlashModes, HybridKeepsTheBudget) {
   const Converted m = make_models("hybrid-budget", BundleType::Source, TensorType::Q8_0);
   auto model = Model::load(m.flm);
-  for (const char* budget : {"60%", "80%", "95%"}) {
+  for (double share : {0.0, 0.3, 0.7, 1.0}) {
+    const std::string budget = budget_with_ffn_share(m.flm, share);
     Engine engine(*model, {.mode = "hybrid", .mem_budget = budget});
     ASSERT_NE(engine.plan(), nullptr);
     EXPECT_LE(engine.plan()->dram_bytes(), engine.plan()->budget) << budget;

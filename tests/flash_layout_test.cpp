@@ -75,7 +75,9 @@ TEST_P(FlashConvert, EveryBundleEqualsTheGgufWeights) {
   expect_bundles_match(gguf, flm);
   auto f = FlashModelFile::open(flm);
   EXPECT_NO_THROW(f->verify());
-  if (bundle_type == BundleType::Source) EXPECT_EQ(f->layout().up_type, weight_type);
+  if (bundle_type == BundleType::Source) {
+    EXPECT_EQ(f->layout().up_type, weight_type);
+  }
   for (const FlmLayer& l : f->layers()) EXPECT_EQ(l.offset % kFlmRegionAlignment, 0u);
 }
 
