@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config clang
   libhwy-dev liburing-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev libfmt-dev
   libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-pip fio gnuplot-nox r-cran-janeaustenr
+  python3 python3-pip fio jq gnuplot-nox r-cran-janeaustenr
 )
 missing=()
 for p in "${packages[@]}"; do

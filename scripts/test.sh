@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
+python3 -m pip install -q --disable-pip-version-check -r scripts/test_requirements.txt
 python3 scripts/fetch_models.py --all
 scripts/fetch_text.sh
 ctest --test-dir build --output-on-failure -j 1 --timeout 900

@@ -71,6 +71,8 @@ ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::stri
   using Clock = std::chrono::steady_clock;
   EngineOptions options = o.common.engine_options();
   options.mode = mode;
+  // Dense is the reference with everything in DRAM: the budget does not apply to it.
+  if (mode == "dense") options.mem_budget.clear();
   Engine engine(model, options);
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   Transformer& tr = engine.transformer();

@@ -69,7 +69,7 @@ struct ReadRequest {
 using IoFaultHook = std::function<int64_t(const ReadRequest& read, int64_t result)>;
 
 struct IoCounters {
-  uint64_t bytes_read = 0;  // bytes delivered into requests' buffers
+  uint64_t bytes_read = 0;  // bytes the reads transferred, re-reads after short reads included
   uint64_t requests = 0;    // requests submitted by callers
   uint64_t resubmits = 0;   // reads issued again after a short read or EINTR/EAGAIN
   double wait_seconds = 0;  // time callers spent in submit(), wait() and read_all()

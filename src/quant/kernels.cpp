@@ -295,8 +295,31 @@ void dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
   dequantize_row_reference(type, src, dst, n);
 }
 
+namespace {
+
+// y[0..32) += scale * q[0..32), the int8 values widened to float in vector lanes.
+HWY_INLINE void axpy_int8_block(const int8_t* q, float scale, float* y) {
+  const hn::FixedTag<float, 8> df;
+  const hn::Rebind<int32_t, decltype(df)> di32;
+  const hn::Rebind<int16_t, decltype(df)> di16;
+  const hn::Rebind<int8_t, decltype(df)> di8;
+  const auto vs = hn::Set(df, scale);
+  for (int i = 0; i < kQK; i += 8) {
+    const auto wide = hn::PromoteTo(di32, hn::PromoteTo(di16, hn::LoadU(di8, q + i)));
+    hn::StoreU(hn::MulAdd(hn::ConvertTo(df, wide), vs, hn::LoadU(df, y + i)), df, y + i);
+  }
+}
+
+}  // namespace
+
 void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n) {
   if (type == TensorType::F32) return axpy_f32(a, static_cast<const float*>(row), y, n);
+  if (type == TensorType::Q8_0) {
+    // The down projection of the bundles: the hot loop of the sparse FFN.
+    const auto* b = static_cast<const BlockQ8_0*>(row);
+    for (int64_t i = 0; i < n / kQK; ++i) axpy_int8_block(b[i].qs, a * fp16_to_float(b[i].d), y + i * kQK);
+    return;
+  }
   const int64_t block = type_traits(type).block_size;
   const size_t block_bytes = type_traits(type).block_bytes;
   constexpr int64_t kSlice = 256;

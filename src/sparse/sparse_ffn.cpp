@@ -28,11 +28,11 @@ void SparseFfn::prepare(const float* x, int64_t n_tokens) {
 }
 
 float SparseFfn::activation(const uint8_t* bundle, int64_t token) const {
-  return layout_.gated
-             ? activate(activation_,
-                        dot(layout_.gate_type, bundle + layout_.gate_offset(), gate_inputs_[token]))
-             : activate(activation_,
-                        dot(layout_.up_type, bundle + layout_.up_offset(), up_inputs_[token]));
+  const float up = dot(layout_.up_type, bundle + layout_.up_offset(), up_inputs_[token]);
+  if (!layout_.gated) return activate(activation_, up);
+  return activate(activation_,
+                  dot(layout_.gate_type, bundle + layout_.gate_offset(), gate_inputs_[token])) *
+         up;
 }
 
 void SparseFfn::neuron(const uint8_t* bundle, int64_t n_tokens, float threshold, float* acc,
@@ -41,10 +41,8 @@ void SparseFfn::neuron(const uint8_t* bundle, int64_t n_tokens, float threshold,
   const uint8_t* down_row = bundle + layout_.down_offset();
   bool down_ready = false;
   for (int64_t t = 0; t < n_tokens; ++t) {
-    const float a = activation(bundle, t);
-    if (std::abs(a) <= threshold) continue;
-    const float h =
-        layout_.gated ? a * dot(layout_.up_type, bundle + layout_.up_offset(), up_inputs_[t]) : a;
+    const float h = activation(bundle, t);
+    if (std::abs(h) <= threshold) continue;
     if (n_tokens == 1) {
       axpy_row(layout_.down_type, down_row, h, acc, d);
       continue;

@@ -24,13 +24,15 @@ class SparseFfn {
   SparseFfn(const BundleLayout& layout, Activation activation, ThreadPool& pool);
 
   // out[t] (n_tokens x d_model) = the FFN of x[t] over the neurons whose bundles are given.
-  // Neurons whose activation act(gate . x) has magnitude at most `threshold` contribute
-  // nothing (training-free sparsity, as CATS does for SwiGLU models); 0 keeps every neuron.
+  // Neurons whose activation h = act(gate . x) * (up . x) has magnitude at most `threshold`
+  // contribute nothing (training-free sparsity in the spirit of CATS, which thresholds
+  // act(gate . x) alone; thresholding h, the neuron's actual weight in the output, loses less
+  // at the same sparsity); 0 keeps every neuron.
   void forward(std::span<const uint8_t* const> bundles, const float* x, int64_t n_tokens,
                float* out, float threshold = 0.0f);
 
-  // The activation act(gate . x) (act(up . x) when not gated) of each given neuron for one
-  // token; calibration records these to choose thresholds and train predictors.
+  // The activation h = act(gate . x) * (up . x) (act(up . x) when not gated) of each given
+  // neuron for one token; calibration records these to choose thresholds and train predictors.
   void activations(std::span<const uint8_t* const> bundles, const float* x, float* out);
 
  private:
