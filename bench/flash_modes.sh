@@ -5,6 +5,9 @@
 # non-weight needs, with the page cache dropped before each run, so the OS really has to
 # evict; that needs root. Usage:
 #   bench/flash_modes.sh MODEL.flm [BUDGET=50%] [OUT_DIR=bench/results]
+# Environment: MODES (default "dense naive hybrid mmap"; add sparse-oracle and sparse),
+#   SPARSITY (calibrated level the sparse modes use, default 0.5), N_GEN (generated tokens,
+#   default 256), WINDOW (neuron-cache window, default 4), PLOT (PNG to draw, optional).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: bench/flash_modes.sh MODEL.flm [BUDGET] [OUT_DIR]}
@@ -17,6 +20,10 @@ mkdir -p "$out"
 name=$(basename "$model" .flm)
 # KV cache, activations, code and allocator slack: what the process needs besides weights.
 overhead_mib=${OVERHEAD_MIB:-200}
+modes=${MODES:-dense naive hybrid mmap}
+sparsity=${SPARSITY:-0.5}
+n_gen=${N_GEN:-256}
+window=${WINDOW:-4}
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 run_mode() {
@@ -34,31 +41,46 @@ run_mode() {
     echo $((limit_mib * 1024 * 1024)) > "$cg/memory.limit_in_bytes"
     echo "mmap: cgroup memory limit ${limit_mib} MiB (budget + ${overhead_mib} MiB)"
     (echo $BASHPID > "$cg/cgroup.procs"; exec "$flashlm" bench -m "$model" --modes mmap \
-      --mem-budget "$budget" -f "$text" --json "$out/$name-mmap.json") | tail -n +1
+      --mem-budget "$budget" -f "$text" -n "$n_gen" --json "$out/$name-mmap.json") | tail -n +1
     rmdir "$cg" 2>/dev/null || true
   else
+    local extra=()
+    case $mode in sparse*) extra=(--sparsity "$sparsity" --window "$window") ;; esac
     "$flashlm" bench -m "$model" --modes "$mode" --mem-budget "$budget" -f "$text" \
-      --json "$out/$name-$mode.json"
+      -n "$n_gen" "${extra[@]}" --json "$out/$name-$mode.json"
   fi
 }
-for mode in dense naive hybrid mmap; do
+for mode in $modes; do
   echo "== $mode"
   run_mode "$mode" 2>&1 | grep -v '^bench:'
 done
-python3 - "$out" "$name" <<'PY'
+python3 - "$out" "$name" $modes <<'PY'
 import json, sys, pathlib
-out, name = sys.argv[1], sys.argv[2]
+out, name, modes = sys.argv[1], sys.argv[2], sys.argv[3:]
 rows = []
-for mode in ["dense", "naive", "hybrid", "mmap"]:
+for mode in modes:
     p = pathlib.Path(out) / f"{name}-{mode}.json"
     if p.exists():
         rows += json.loads(p.read_text())
 dense = next((r for r in rows if r["mode"] == "dense"), None)
-print(f"\n| mode | I/O ms | mem ms | compute ms | total ms | MiB read/token | read MiB/s | same tokens as dense |")
-print("|---|---|---|---|---|---|---|---|")
+naive = next((r for r in rows if r["mode"] == "naive"), None)
+print(f"\n| mode | I/O ms | mem ms | compute ms (select) | total ms | vs naive | MiB read/token | read MiB/s "
+      f"| neurons loaded/token | cache hits | recall / precision | same tokens as dense | peak RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     same = "-" if not dense else f"{100*sum(a==b for a,b in zip(r['tokens'], dense['tokens']))/len(r['tokens']):.1f}%"
-    print(f"| {r['mode']} | {r['ms_io']:.2f} | {r['ms_mem']:.2f} | {r['ms_compute']:.2f} | {r['ms_total']:.2f} | "
-          f"{r['bytes_read_per_token']/2**20:.2f} | {r['read_mib_per_s']:.0f} | {same} |")
+    speed = f"{naive['ms_total'] / r['ms_total']:.2f}x" if naive else "-"
+    sparse = r["mode"].startswith("sparse")
+    loaded = f"{r.get('neurons_loaded_per_token', 0):.0f}" if sparse else "-"
+    hits = f"{100 * r.get('cache_hit_rate', 0):.1f}%" if sparse else "-"
+    quality = (f"{100 * r['predictor_recall']:.1f}% / {100 * r['predictor_precision']:.1f}%"
+               if r["mode"] == "sparse" and r.get("predictor_recall") else "-")
+    print(f"| {r['mode']} | {r['ms_io']:.2f} | {r['ms_mem']:.2f} | {r['ms_compute']:.2f} ({r.get('ms_select', 0):.2f}) "
+          f"| {r['ms_total']:.2f} | {speed} | {r['bytes_read_per_token']/2**20:.2f} | {r['read_mib_per_s']:.0f} "
+          f"| {loaded} | {hits} | {quality} | {same} | {r.get('rss_bytes', 0)/2**20:.0f} |")
 json.dump(rows, open(pathlib.Path(out) / f"{name}-all.json", "w"), indent=1)
 PY
+if [ -n "${PLOT:-}" ]; then
+  python3 bench/plot_breakdown.py "$out/$name-all.json" -o "$PLOT" \
+    --title "flashlm $name: per-token latency by mode, budget $budget"
+fi

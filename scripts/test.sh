@@ -9,3 +9,5 @@ python3 -m pip install -q --disable-pip-version-check -r scripts/test_requiremen
 python3 scripts/fetch_models.py --all
 scripts/fetch_text.sh
 ctest --test-dir build --output-on-failure -j 1 --timeout 900
+# The same tests again under ASan + UBSan (build-asan/; scripts/sanitize.sh says what it skips).
+scripts/sanitize.sh

@@ -91,7 +91,9 @@ TEST(Gguf, EveryTruncationIsAClearErrorNeverACrash) {
   const std::vector<uint8_t> bytes = small_file();
   // Everything up to the end of the last tensor's data is needed; only padding follows it.
   uint64_t data_end = 0;
-  for (const GgufTensor& t : GgufFile::open(write_bytes("whole.gguf", bytes))->tensors()) {
+  // Named, not a temporary in the range-for: that would be freed before the loop runs.
+  const auto whole = GgufFile::open(write_bytes("whole.gguf", bytes));
+  for (const GgufTensor& t : whole->tensors()) {
     data_end = std::max(data_end, t.offset + t.bytes);
   }
   ASSERT_GT(data_end, bytes.size() - 32);

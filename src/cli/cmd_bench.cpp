@@ -38,6 +38,7 @@ struct ModeResult {
   double ms_select = 0;              // predictor (or oracle) time, part of compute
   double neurons_loaded_per_token = 0;
   double cache_hit_rate = -1;
+  double predictor_recall = -1, predictor_precision = -1;  // sparse mode, measured online
   uint64_t rss_bytes = 0;
   std::vector<int32_t> tokens;
 };
@@ -64,6 +65,22 @@ std::vector<std::string> split(const std::string& s) {
     if (!item.empty()) out.push_back(item);
   }
   return out;
+}
+
+// The predictor's recall and precision against the true active neurons, on the same decode
+// steps (teacher-forced), in a second untimed run: the oracle it needs is a dense copy of the
+// FFN, which would distort the timed run's figures.
+void measure_predictor(const Model& model, EngineOptions options,
+                       const std::vector<int32_t>& prompt, ModeResult& r) {
+  options.measure_predictor = true;
+  Engine engine(model, options);
+  Transformer& tr = engine.transformer();
+  tr.forward(prompt);
+  for (size_t i = 0; i + 1 < r.tokens.size(); ++i) tr.forward(std::span(&r.tokens[i], 1));
+  if (const PredictorQuality* q = engine.predictor_quality()) {
+    r.predictor_recall = q->recall();
+    r.predictor_precision = q->precision();
+  }
 }
 
 ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::string& mode,
@@ -113,6 +130,7 @@ ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::stri
   }
   r.ms_compute = r.ms_total - r.ms_io - r.ms_mem;
   r.rss_bytes = current_rss_bytes();
+  if (mode == "sparse") measure_predictor(model, options, prompt, r);
   return r;
 }
 
@@ -173,6 +191,12 @@ void bench(const BenchOptions& o) {
         r.neurons_loaded_per_token, hits.c_str(), r.prefill_ms, same.c_str(),
         r.rss_bytes / 1048576.0);
   }
+  for (const ModeResult& r : results) {
+    if (r.predictor_recall < 0) continue;
+    std::printf("%s: predictor recall %.1f%%, precision %.1f%% (per decode token and layer, "
+                "against the true active neurons)\n",
+                r.mode.c_str(), 100 * r.predictor_recall, 100 * r.predictor_precision);
+  }
   std::printf("peak RSS of the process: %.0f MiB\n", peak_rss_bytes() / 1048576.0);
 
   if (!o.json_path.empty()) {
@@ -192,6 +216,8 @@ void bench(const BenchOptions& o) {
                      {"ms_select", r.ms_select},
                      {"neurons_loaded_per_token", r.neurons_loaded_per_token},
                      {"cache_hit_rate", r.cache_hit_rate},
+                     {"predictor_recall", r.predictor_recall},
+                     {"predictor_precision", r.predictor_precision},
                      {"tokens", r.tokens}});
     }
     std::ofstream f(o.json_path);

@@ -29,7 +29,9 @@ void register_convert_command(CLI::App& app);
 void register_verify_command(CLI::App& app);
 void register_bench_command(CLI::App& app);
 void register_calibrate_command(CLI::App& app);
+void register_train_predictor_command(CLI::App& app);
 void register_serve_command(CLI::App& app);
 void register_chat_command(CLI::App& app);
+void register_probe_command(CLI::App& app);
 
 }  // namespace flashlm

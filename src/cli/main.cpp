@@ -50,6 +50,14 @@ void CommonOptions::add_flash(CLI::App& cmd) {
       ->capture_default_str();
   cmd.add_option("--sparse-file", engine.sparse_file,
                  "Thresholds and predictors from calibrate (default: MODEL.flm.sparse)");
+  cmd.add_option("--device-profile", engine.device_profile,
+                 "Sparse modes: device profile from `flashlm probe -o FILE` that sets the read "
+                 "planner's request size and coalescing gap (default: built-in, measured with fio "
+                 "on the project's machines)")
+      ->check(CLI::ExistingFile);
+  cmd.add_flag("!--no-overlap", engine.overlap_io,
+               "Sparse modes: wait for a layer's reads before computing (default: compute the "
+               "cached neurons while the rest are read)");
   cmd.add_option("--window", engine.window,
                  "Sparse modes: tokens a neuron stays in the DRAM cache after its last use")
       ->check(CLI::Range(1, 1024))
@@ -78,6 +86,8 @@ int main(int argc, char** argv) {
   flashlm::register_verify_command(app);
   flashlm::register_bench_command(app);
   flashlm::register_calibrate_command(app);
+  flashlm::register_probe_command(app);
+  flashlm::register_train_predictor_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,16 +1,22 @@
 #include "engine/engine.h"
 
+#include <unistd.h>
+
 #include "common/error.h"
+#include "flash/probe.h"
 #include "gguf/gguf.h"
 #include "sparse/oracle_selector.h"
 
 namespace flashlm {
 namespace {
 
+std::string sparse_path(const Model& model, const EngineOptions& options) {
+  return options.sparse_file.empty() ? sparsity_file_for(model.file->path())
+                                     : options.sparse_file;
+}
+
 SparsityProfile load_profile(const Model& model, const EngineOptions& options) {
-  const std::string path = options.sparse_file.empty()
-                               ? sparsity_file_for(model.file->path())
-                               : options.sparse_file;
+  const std::string path = sparse_path(model, options);
   std::unique_ptr<GgufFile> file;
   try {
     file = GgufFile::open(path);
@@ -21,10 +27,47 @@ SparsityProfile load_profile(const Model& model, const EngineOptions& options) {
   return SparsityProfile::from_gguf(*file, model.config.n_layers);
 }
 
+ActivationPredictor load_predictor(const Model& model, const EngineOptions& options) {
+  auto file = GgufFile::open(sparse_path(model, options));
+  const ModelConfig& c = model.config;
+  std::optional<ActivationPredictor> predictor =
+      ActivationPredictor::from_gguf(*file, options.sparsity, c.n_layers, c.d_model, c.d_ff);
+  if (!predictor) {
+    std::string trained;
+    for (float level : ActivationPredictor::levels_in(*file)) trained += fmt::format(" {:.2f}", level);
+    fail("{} has no activation predictor for sparsity {:.2f} (trained for:{}); sparse mode needs "
+         "one: run flashlm train-predictor first: flashlm train-predictor -m {} -f TEXT "
+         "--sparsity {:.2f}",
+         file->path(), options.sparsity, trained.empty() ? " none" : trained, model.file->path(),
+         options.sparsity);
+  }
+  return std::move(*predictor);
+}
+
+// The KV cache is the one allocation sized by a request (-c) times the model's shape; checked
+// in 64 bits against the machine's memory before it is made, it fails with numbers instead of
+// an out-of-memory kill.
+void check_kv_cache_fits(const ModelConfig& c, const EngineOptions& options) {
+  if (options.context_size <= 0 || options.max_batch <= 0) return;  // the transformer says so
+  const uint64_t kv_bytes = 2ull * static_cast<uint64_t>(c.n_layers) *
+                            static_cast<uint64_t>(options.context_size) *
+                            static_cast<uint64_t>(c.kv_dim()) * sizeof(float);
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return;
+  const uint64_t memory = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+  if (kv_bytes > memory) {
+    fail("a context of {} tokens needs a {:.1f} GiB KV cache ({} layers x {} values per token "
+         "x 2), more than this machine's {:.1f} GiB of memory; pass a smaller -c",
+         options.context_size, static_cast<double>(kv_bytes) / (1 << 30), c.n_layers, c.kv_dim(),
+         static_cast<double>(memory) / (1 << 30));
+  }
+}
+
 }  // namespace
 
 Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model), pool_(options.threads > 0 ? options.threads : ThreadPool::default_threads()) {
+  check_kv_cache_fits(model.config, options);
   const FfnMode mode = parse_ffn_mode(options.mode);
   if (options.sparsity < 0 || options.sparsity >= 1) {
     fail("--sparsity must be in [0, 1), got {}", options.sparsity);
@@ -58,18 +101,32 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       flash_ffn_->set_thresholds(thresholds);
       ffn = flash_ffn_.get();
     } else {
-      if (mode == FfnMode::Sparse) {
-        fail("sparse mode needs trained predictors, which this build cannot load yet; use "
-             "sparse-oracle to measure the I/O path with the true active neurons");
+      if (mode == FfnMode::SparseOracle || options.measure_predictor) {
+        oracle_copy_ = std::make_unique<FlashFeedForward>(
+            flm, model.config, plan_memory(flm, FfnMode::Dense, ~uint64_t{0} / 4),
+            options.io_backend, pool_);
       }
-      oracle_copy_ = std::make_unique<FlashFeedForward>(
-          flm, model.config, plan_memory(flm, FfnMode::Dense, ~uint64_t{0} / 4),
-          options.io_backend, pool_);
-      selector_ = std::make_unique<OracleSelector>(*oracle_copy_, thresholds, model.config.d_ff,
-                                                   model.config.d_model);
+      if (mode == FfnMode::Sparse) {
+        auto selector =
+            std::make_unique<PredictorSelector>(load_predictor(model, options), pool_);
+        if (options.measure_predictor) {
+          measuring_oracle_ = std::make_unique<OracleSelector>(
+              *oracle_copy_, thresholds, model.config.d_ff, model.config.d_model);
+          selector->measure_against(measuring_oracle_.get());
+        }
+        predictor_selector_ = selector.get();
+        selector_ = std::move(selector);
+      } else {
+        selector_ = std::make_unique<OracleSelector>(*oracle_copy_, thresholds,
+                                                     model.config.d_ff, model.config.d_model);
+      }
       sparse_ffn_ = std::make_unique<WindowedSparseFfn>(
           flm, model.config, *plan_, options.window, thresholds, *selector_, options.io_backend,
-          PlannerSettings{}, pool_);
+          options.device_profile.empty()
+              ? default_device_profile().planner
+              : load_device_profile(options.device_profile).planner,
+          pool_);
+      sparse_ffn_->set_overlap(options.overlap_io);
       ffn = sparse_ffn_.get();
     }
   }
@@ -88,6 +145,10 @@ const FlashStats* Engine::flash_stats() const {
 
 const SparseStats* Engine::sparse_stats() const {
   return sparse_ffn_ ? &sparse_ffn_->sparse_stats() : nullptr;
+}
+
+const PredictorQuality* Engine::predictor_quality() const {
+  return predictor_selector_ && measuring_oracle_ ? &predictor_selector_->quality() : nullptr;
 }
 
 void Engine::reset_stats() {

@@ -12,6 +12,7 @@
 #include "flash/flash_ffn.h"
 #include "flash/memory_plan.h"
 #include "model/transformer.h"
+#include "sparse/predictor_selector.h"
 #include "sparse/sparsity.h"
 #include "sparse/windowed_ffn.h"
 
@@ -28,6 +29,14 @@ struct EngineOptions {
   float sparsity = 0;       // share of neurons treated as inactive (thresholds from calibrate)
   std::string sparse_file;  // thresholds and predictors; default MODEL.flm.sparse
   int window = 4;           // tokens a neuron stays cached after its last use (sparse modes)
+  // `flashlm probe` output the read planner takes its request size and gap from; empty: the
+  // built-in profile (fio on the project's machines)
+  std::string device_profile;
+  // sparse modes: compute the cached neurons while the others are read (false: read first)
+  bool overlap_io = true;
+  // sparse mode: also run the oracle beside the predictor to measure its recall and precision
+  // (needs a dense copy of the FFN outside the budget: a measuring instrument for bench)
+  bool measure_predictor = false;
 };
 
 class Engine {
@@ -42,6 +51,8 @@ class Engine {
   // Flash counters (null for a GGUF model in dense mode); sparse counters (sparse modes only).
   const FlashStats* flash_stats() const;
   const SparseStats* sparse_stats() const;
+  // The predictor's online recall and precision (sparse mode with measure_predictor), else null.
+  const PredictorQuality* predictor_quality() const;
   void reset_stats();
 
  private:
@@ -52,6 +63,8 @@ class Engine {
   std::unique_ptr<FlashFeedForward> flash_ffn_;
   std::unique_ptr<FlashFeedForward> oracle_copy_;
   std::unique_ptr<NeuronSelector> selector_;
+  std::unique_ptr<NeuronSelector> measuring_oracle_;
+  PredictorSelector* predictor_selector_ = nullptr;
   std::unique_ptr<WindowedSparseFfn> sparse_ffn_;
   std::unique_ptr<Transformer> transformer_;
 };

@@ -16,6 +16,12 @@ namespace {
 
 constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" little-endian
 
+// All arrays of a file together (a GgufLimits entry in spirit). An element takes one byte on
+// disk but a GgufValue (~100 bytes) in memory, so this, not the file size, bounds what metadata
+// can cost: 8M elements stay under 1 GiB, and a 262k vocabulary with scores and types (Gemma 3)
+// needs under 1M.
+constexpr uint64_t kMaxArrayElementsInFile = 1ull << 23;
+
 // Bounds-checked little-endian cursor over the mapped file.
 class Cursor {
  public:
@@ -60,9 +66,11 @@ class Cursor {
   uint64_t pos_ = 0;
 };
 
-GgufValue read_value(Cursor& in, GgufValueType type, const std::string& path, uint32_t depth);
+GgufValue read_value(Cursor& in, GgufValueType type, const std::string& path, uint32_t depth,
+                     uint64_t& elements_left);
 
-GgufValue read_array(Cursor& in, const std::string& path, uint32_t depth) {
+GgufValue read_array(Cursor& in, const std::string& path, uint32_t depth,
+                     uint64_t& elements_left) {
   if (depth >= GgufLimits::kMaxArrayDepth) {
     fail("{}: corrupt GGUF file: arrays nested deeper than {}", path, GgufLimits::kMaxArrayDepth);
   }
@@ -79,6 +87,11 @@ GgufValue read_array(Cursor& in, const std::string& path, uint32_t depth) {
     fail("{}: corrupt GGUF file: an array claims {} elements (limit {})", path, count,
          GgufLimits::kMaxArrayElements);
   }
+  if (count > elements_left) {
+    fail("{}: corrupt GGUF file: its arrays hold more than {} elements in all (this one {})", path,
+         kMaxArrayElementsInFile, count);
+  }
+  elements_left -= count;
   // Every element takes at least one byte, so a count beyond the bytes left is corrupt; this
   // check happens before any allocation sized by `count`.
   in.need(count, "array elements");
@@ -88,13 +101,14 @@ GgufValue read_array(Cursor& in, const std::string& path, uint32_t depth) {
   } else {
     value.array.reserve(count);
     for (uint64_t i = 0; i < count; ++i) {
-      value.array.push_back(read_value(in, value.element_type, path, depth + 1));
+      value.array.push_back(read_value(in, value.element_type, path, depth + 1, elements_left));
     }
   }
   return value;
 }
 
-GgufValue read_value(Cursor& in, GgufValueType type, const std::string& path, uint32_t depth) {
+GgufValue read_value(Cursor& in, GgufValueType type, const std::string& path, uint32_t depth,
+                     uint64_t& elements_left) {
   GgufValue value;
   value.type = type;
   switch (type) {
@@ -110,7 +124,7 @@ GgufValue read_value(Cursor& in, GgufValueType type, const std::string& path, ui
     case GgufValueType::FLOAT64: value.scalar = in.read<double>("f64 value"); break;
     case GgufValueType::BOOL: value.scalar = in.read<uint8_t>("bool value") != 0; break;
     case GgufValueType::STRING: value.scalar = in.read_string("string value"); break;
-    case GgufValueType::ARRAY: return read_array(in, path, depth);
+    case GgufValueType::ARRAY: return read_array(in, path, depth, elements_left);
     default:
       fail("{}: corrupt GGUF file: unknown metadata value type {} at offset {}", path,
            static_cast<uint32_t>(type), in.position());
@@ -247,13 +261,15 @@ void GgufFile::parse() {
   }
 
   metadata_.reserve(n_metadata);
+  uint64_t array_elements_left = kMaxArrayElementsInFile;
   for (uint64_t i = 0; i < n_metadata; ++i) {
     std::string key = in.read_string("metadata key");
     const uint32_t type = in.read<uint32_t>("metadata value type");
     if (type > static_cast<uint32_t>(GgufValueType::FLOAT64)) {
       fail("{}: corrupt GGUF file: metadata '{}' has unknown value type {}", path_, key, type);
     }
-    GgufValue value = read_value(in, static_cast<GgufValueType>(type), path_, 0);
+    GgufValue value =
+        read_value(in, static_cast<GgufValueType>(type), path_, 0, array_elements_left);
     if (!metadata_index_.emplace(key, metadata_.size()).second) {
       fail("{}: corrupt GGUF file: metadata key '{}' appears twice", path_, key);
     }
@@ -297,7 +313,13 @@ void GgufFile::parse() {
       fail("{}: tensor '{}' rows of {} elements are not a whole number of {} blocks", path_,
            t.name, t.dims[0], traits.name);
     }
-    t.bytes = static_cast<uint64_t>(elements / traits.block_size) * traits.block_bytes;
+    // A shape can fit int64 elements yet overflow in bytes (F32: 4 per element); wrapped, the
+    // size would pass the bounds check below while views read far past the mapping.
+    if (__builtin_mul_overflow(static_cast<uint64_t>(elements / traits.block_size),
+                               uint64_t{traits.block_bytes}, &t.bytes)) {
+      fail("{}: corrupt GGUF file: tensor '{}' of shape {} has more bytes than a file can hold",
+           path_, t.name, t.shape_string());
+    }
     t.offset = in.read<uint64_t>("tensor offset");  // relative for now
     if (!tensor_index_.emplace(t.name, tensors_.size()).second) {
       fail("{}: corrupt GGUF file: tensor '{}' appears twice", path_, t.name);

@@ -66,8 +66,19 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
     fail("{}: {} attention heads cannot be grouped over {} key/value heads", f.path(), c.n_heads,
          c.n_kv_heads);
   }
+  if (!f.has(key("attention.key_length")) && c.d_model % c.n_heads != 0) {
+    fail("{}: embedding length {} is not a multiple of {} attention heads, and no "
+         "attention.key_length says how wide a head is",
+         f.path(), c.d_model, c.n_heads);
+  }
   c.head_dim = f.has(key("attention.key_length")) ? get("attention.key_length", 1, kMaxDim)
                                                   : c.d_model / c.n_heads;
+  // Per-token activations are n_heads * head_dim wide; keep that within what a weight matrix
+  // row can be (kMaxDim) so no product of two limits reaches the allocator.
+  if (static_cast<int64_t>(c.n_heads) * c.head_dim > kMaxDim) {
+    fail("{}: {} heads of {} dimensions ({} in all) are more than the supported {}", f.path(),
+         c.n_heads, c.head_dim, static_cast<int64_t>(c.n_heads) * c.head_dim, kMaxDim);
+  }
   c.value_dim = f.has(key("attention.value_length")) ? get("attention.value_length", 1, kMaxDim)
                                                      : c.head_dim;
   if (c.value_dim != c.head_dim) {

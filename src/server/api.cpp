@@ -36,6 +36,12 @@ const json* field(const json& object, const char* name) {
   return it == object.end() || it->is_null() ? nullptr : &*it;
 }
 
+// object["key"] when it is a string, else "" (json::value() throws for a number there).
+std::string string_member(const json& object, const char* key) {
+  const auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 ApiError wrong_type(const char* name, const char* expected, const json& value) {
   return bad(fmt::format("'{}' must be {}, got {}", name, expected, value.type_name()), name);
 }
@@ -120,7 +126,9 @@ void reject_unsupported(const json& request) {
     if (const json* v = field(request, name); v && !v->empty()) throw unsupported(name);
   }
   if (const json* v = field(request, "response_format")) {
-    if (!v->is_object() || v->value("type", "") != "text") throw unsupported("response_format");
+    if (!v->is_object() || string_member(*v, "type") != "text") {
+      throw unsupported("response_format");
+    }
   }
 }
 
@@ -173,7 +181,7 @@ std::string message_content(const json& message, const std::string& param) {
   if (content->is_array()) {
     std::string text;
     for (const json& part : *content) {
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+      if (!part.is_object() || string_member(part, "type") != "text" || !part.contains("text") ||
           !part["text"].is_string()) {
         throw unsupported(param + ".content", "this server reads text content parts only");
       }

@@ -60,21 +60,28 @@ void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x,
                         float* out, float threshold) {
   const int64_t d = layout_.d_model;
   prepare(x, n_tokens);
-  for (int thread = 0; thread < pool_.size(); ++thread) {
-    accumulators_[thread].assign(static_cast<size_t>(n_tokens) * d, 0.0f);
-    down_rows_[thread].resize(d);
+  // Neurons are summed in fixed slices, each into its own accumulator, and the slices added in
+  // order: the result does not depend on which thread ran which slice. That matters beyond
+  // tidiness: with thresholds, a rounding difference can flip a neuron near its threshold and
+  // make two runs of the same mode diverge.
+  const int64_t n = static_cast<int64_t>(bundles.size());
+  const int64_t slices = std::clamp<int64_t>(n / 8, 1, int64_t{pool_.size()} * 4);
+  if (static_cast<int64_t>(accumulators_.size()) < slices) accumulators_.resize(slices);
+  for (int64_t s = 0; s < slices; ++s) {
+    accumulators_[s].assign(static_cast<size_t>(n_tokens) * d, 0.0f);
   }
-  pool_.parallel_for(
-      static_cast<int64_t>(bundles.size()),
-      [&](int64_t begin, int64_t end, int thread) {
-        float* acc = accumulators_[thread].data();
-        for (int64_t i = begin; i < end; ++i) {
-          neuron(bundles[i], n_tokens, threshold, acc, down_rows_[thread]);
-        }
-      },
-      8);
+  for (std::vector<float>& row : down_rows_) row.resize(d);
+  pool_.parallel_for(slices, [&](int64_t first, int64_t last, int thread) {
+    for (int64_t s = first; s < last; ++s) {
+      float* acc = accumulators_[s].data();
+      for (int64_t i = n * s / slices; i < n * (s + 1) / slices; ++i) {
+        neuron(bundles[i], n_tokens, threshold, acc, down_rows_[thread]);
+      }
+    }
+  });
   std::fill_n(out, n_tokens * d, 0.0f);
-  for (const std::vector<float>& acc : accumulators_) {
+  for (int64_t s = 0; s < slices; ++s) {
+    const float* acc = accumulators_[s].data();
     for (int64_t i = 0; i < n_tokens * d; ++i) out[i] += acc[i];
   }
 }

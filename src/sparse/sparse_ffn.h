@@ -45,7 +45,7 @@ class SparseFfn {
   const Activation activation_;
   ThreadPool& pool_;
   std::vector<PreparedInput> gate_inputs_, up_inputs_;
-  std::vector<std::vector<float>> accumulators_;  // one n_tokens x d_model sum per thread
+  std::vector<std::vector<float>> accumulators_;  // one n_tokens x d_model sum per slice
   std::vector<std::vector<float>> down_rows_;     // one dequantized down row per thread
 };
 

@@ -56,40 +56,62 @@ void WindowedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, flo
   cache.begin_token(step_, active_, to_load_, uncached_);
   stats_.memory_seconds += seconds_since(start);
 
-  // 3. Read them, neighbours coalesced into larger requests.
+  // 3. Start reading them, neighbours coalesced into larger requests.
   to_read_.clear();
   std::merge(to_load_.begin(), to_load_.end(), uncached_.begin(), uncached_.end(),
              std::back_inserter(to_read_));
-  const uint8_t* staged = nullptr;
   ReadPlan plan;
   if (!to_read_.empty()) {
     plan = plan_reads(to_read_, l.offset, stride, planner_);
     if (staging_.size() < plan.buffer_bytes) staging_ = AlignedBuffer(plan.buffer_bytes);
+    requests_ = plan.requests(staging_.data());
     start = Clock::now();
-    io_.read_all(plan.requests(staging_.data()));
+    io_.submit(requests_);
+    if (!overlap_) io_.wait();
     stats_.io_seconds += seconds_since(start);
     stats_.bytes_read += plan.buffer_bytes;
     stats_.read_requests += plan.reads.size();
-    staged = staging_.data();
   }
 
-  // 4. Copy the loaded bundles into their cache rows.
+  // 4. While the reads are in flight, the FFN over the active neurons already in DRAM.
+  ready_.clear();
+  std::set_difference(active_.begin(), active_.end(), to_read_.begin(), to_read_.end(),
+                      std::back_inserter(ready_));
   start = Clock::now();
-  auto staged_bundle = [&](int32_t neuron) {
-    const size_t k = std::lower_bound(to_read_.begin(), to_read_.end(), neuron) - to_read_.begin();
-    return staged + plan.item_offsets[k];
-  };
-  for (int32_t n : to_load_) std::memcpy(cache.bundle(n), staged_bundle(n), stride);
   bundles_.clear();
-  for (int32_t n : active_) {
-    bundles_.push_back(cache.contains(n) ? cache.bundle(n) : staged_bundle(n));
-  }
-  stats_.memory_seconds += seconds_since(start);
-
-  // 5. The FFN over the active neurons only.
-  start = Clock::now();
+  for (int32_t n : ready_) bundles_.push_back(cache.bundle(n));
   sparse_ffn_.forward(bundles_, x, n_tokens, out, thresholds_[layer]);
   stats_.compute_seconds += seconds_since(start);
+
+  if (!to_read_.empty()) {
+    // 5. Wait for the reads (only this wait is I/O time the token pays), then copy the loaded
+    // bundles into their cache rows.
+    if (overlap_) {
+      start = Clock::now();
+      io_.wait();
+      stats_.io_seconds += seconds_since(start);
+    }
+    start = Clock::now();
+    const uint8_t* staged = staging_.data();
+    bundles_.clear();
+    for (size_t k = 0; k < to_read_.size(); ++k) {
+      const int32_t n = to_read_[k];
+      const uint8_t* bundle = staged + plan.item_offsets[k];
+      if (std::binary_search(to_load_.begin(), to_load_.end(), n)) {
+        std::memcpy(cache.bundle(n), bundle, stride);
+        bundle = cache.bundle(n);
+      }
+      bundles_.push_back(bundle);
+    }
+    stats_.memory_seconds += seconds_since(start);
+
+    // 6. The FFN over the neurons just read, added to the rest.
+    start = Clock::now();
+    loaded_out_.resize(static_cast<size_t>(n_tokens) * file_.layout().d_model);
+    sparse_ffn_.forward(bundles_, x, n_tokens, loaded_out_.data(), thresholds_[layer]);
+    for (size_t i = 0; i < loaded_out_.size(); ++i) out[i] += loaded_out_[i];
+    stats_.compute_seconds += seconds_since(start);
+  }
 
   stats_.neurons_computed += active_.size() * static_cast<uint64_t>(n_tokens);
   sparse_stats_.neurons_active += active_.size();

@@ -1,6 +1,7 @@
 // The paper's sparse FFN from flash: per token and layer,
-//   predict the active neurons -> plan reads of those not cached -> read them (O_DIRECT)
-//   -> update the windowed neuron cache -> compute the FFN over the active neurons.
+//   predict the active neurons -> plan reads of those not cached -> start reading them
+//   (O_DIRECT) -> compute the cached ones meanwhile -> put the read ones in the windowed
+//   neuron cache -> compute them.
 #pragma once
 
 #include <memory>
@@ -48,6 +49,9 @@ class WindowedSparseFfn : public FeedForward {
   const SparseStats& sparse_stats() const { return sparse_stats_; }
   void reset_stats();
   const IoEngine& io() const { return io_; }
+  // Overlap (default): compute the cached neurons while the reads of the others are in
+  // flight. Off: wait for the reads first, as the paper does (to measure what overlap buys).
+  void set_overlap(bool overlap) { overlap_ = overlap; }
 
  private:
   const FlashModelFile& file_;
@@ -60,7 +64,10 @@ class WindowedSparseFfn : public FeedForward {
   std::vector<NeuronCache> caches_;
   AlignedBuffer staging_;
   int64_t step_ = 0;
-  std::vector<int32_t> active_, to_load_, uncached_, to_read_;
+  bool overlap_ = true;
+  std::vector<int32_t> active_, to_load_, uncached_, to_read_, ready_;
+  std::vector<ReadRequest> requests_;
+  std::vector<float> loaded_out_;
   std::vector<const uint8_t*> bundles_;
   FlashStats stats_;
   SparseStats sparse_stats_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <queue>
 
 #include "common/error.h"
@@ -195,6 +196,25 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   t.architecture_ = f.find_string("general.architecture").value_or("");
   t.chat_template_ = f.find_string("tokenizer.chat_template").value_or("");
 
+  // llama.cpp treats these texts as control tokens, whatever type the file gives them, and
+  // ends generation at them; without this, "</s>" in Qwen2.5's vocabulary (a normal token there)
+  // or Gemma 3's (user-defined) would tokenize differently and not stop generation.
+  static constexpr const char* kEndMarkers[] = {
+      "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
+      "<EOT>", "_<EOT>", "</s>", "<end_of_utterance>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>",
+      "<|repo_name|>", "<fim-repo>", "<reponame>", "<|file_sep|>", "<file_sep>"};
+  static constexpr const char* kFimMarkers[] = {
+      "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<|fim_suffix|>", "<fim-suffix>",
+      "<fim_suffix>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>"};
+  for (const char* marker : kEndMarkers) {
+    if (int32_t id = t.find(marker); id >= 0) {
+      t.types_[id] = kControl;
+      t.end_of_generation_.insert(id);
+    }
+  }
+  for (const char* marker : kFimMarkers) {
+    if (int32_t id = t.find(marker); id >= 0) t.types_[id] = kControl;
+  }
   t.specials_by_first_byte_.resize(256);
   for (int64_t i = 0; i < n; ++i) {
     const int32_t type = t.types_[i];
@@ -210,9 +230,6 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   if (t.eos_ >= 0) t.end_of_generation_.insert(t.eos_);
   if (auto eot = f.find_uint("tokenizer.ggml.eot_token_id"); eot && *eot < static_cast<uint64_t>(n)) {
     t.end_of_generation_.insert(static_cast<int32_t>(*eot));
-  }
-  for (const char* marker : {"<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"}) {
-    if (int32_t id = t.find(marker); id >= 0) t.end_of_generation_.insert(id);
   }
   return t;
 }
@@ -393,8 +410,11 @@ std::string Tokenizer::token_piece(int32_t id) const {
   if (type == kControl || type == kUnknown) return "";
   if (type == kUserDefined) return text;
   if (kind_ == Kind::SentencePiece) {
-    if (type == kByte && text.size() == 6) {
-      return std::string(1, static_cast<char>(std::stoi(text.substr(3, 2), nullptr, 16)));
+    // Byte tokens read <0xHH>; one spelled otherwise (a corrupt vocabulary) decodes as text.
+    unsigned byte = 0;
+    if (type == kByte && text.size() == 6 &&
+        std::from_chars(text.data() + 3, text.data() + 5, byte, 16).ptr == text.data() + 5) {
+      return std::string(1, static_cast<char>(byte));
     }
     std::string out;
     for (size_t i = 0; i < text.size();) {

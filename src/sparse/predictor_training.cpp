@@ -1,0 +1,221 @@
+#include "sparse/predictor_training.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <numeric>
+#include <random>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "engine/model.h"
+#include "quant/fp16.h"
+#include "quant/kernels.h"
+
+namespace flashlm {
+
+PredictorSamples::PredictorSamples(int d_model, int d_ff)
+    : d_model_(d_model), d_ff_(d_ff), words_((d_ff + 63) / 64) {}
+
+void PredictorSamples::add(const float* x, const float* activations, float threshold) {
+  std::vector<uint8_t> mask(d_ff_);
+  for (int i = 0; i < d_ff_; ++i) mask[i] = std::abs(activations[i]) > threshold;
+  add_mask(x, mask.data());
+}
+
+void PredictorSamples::add_mask(const float* x, const uint8_t* mask) {
+  for (int i = 0; i < d_model_; ++i) x_.push_back(float_to_fp16(x[i]));
+  bits_.resize(bits_.size() + words_, 0);
+  uint64_t* row = &bits_[static_cast<size_t>(n_) * words_];
+  for (int i = 0; i < d_ff_; ++i) {
+    if (mask[i]) row[i / 64] |= uint64_t{1} << (i % 64);
+  }
+  ++n_;
+}
+
+void PredictorSamples::input(int64_t row, float* out) const {
+  const uint16_t* src = &x_[static_cast<size_t>(row) * d_model_];
+  for (int i = 0; i < d_model_; ++i) out[i] = fp16_to_float(src[i]);
+}
+
+namespace {
+
+struct Adam {
+  std::vector<float> m, v;
+  explicit Adam(size_t n) : m(n), v(n) {}
+  void step(std::vector<float>& w, const std::vector<float>& g, float lr, int t) {
+    constexpr float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    const float c1 = 1.0f / (1.0f - std::pow(b1, static_cast<float>(t)));
+    const float c2 = 1.0f / (1.0f - std::pow(b2, static_cast<float>(t)));
+    for (size_t i = 0; i < w.size(); ++i) {
+      m[i] = b1 * m[i] + (1 - b1) * g[i];
+      v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
+      w[i] -= lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
+    }
+  }
+};
+
+float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+
+}  // namespace
+
+LayerPredictor train_layer_predictor(const PredictorSamples& s, int rank,
+                                     const PredictorTrainingOptions& o,
+                                     LayerTrainingReport& report,
+                                     const std::function<void()>& epoch_done) {
+  const int d = s.d_model(), d_ff = s.d_ff();
+  const int64_t n = s.size();
+  const int64_t n_holdout = static_cast<int64_t>(o.holdout * static_cast<double>(n));
+  const int64_t n_train = n - n_holdout;
+  if (n_train < 1 || n_holdout < 2) {
+    fail("{} samples are too few to train a predictor and hold out {:.0f}% of them; use more "
+         "--tokens",
+         n, 100 * o.holdout);
+  }
+  if (rank < 1) fail("predictor rank must be at least 1, got {}", rank);
+
+  int64_t positives = 0;
+  for (int64_t r = 0; r < n_train; ++r) {
+    for (int i = 0; i < d_ff; ++i) positives += s.active(r, i);
+  }
+  const int64_t negatives = n_train * d_ff - positives;
+  const float pos_weight =
+      std::clamp(static_cast<float>(negatives) / static_cast<float>(std::max<int64_t>(positives, 1)),
+                 0.01f, 100.0f);
+
+  LayerPredictor p(rank, d, d_ff);
+  std::mt19937_64 rng(o.seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& w : p.a) w = normal(rng) / std::sqrt(static_cast<float>(d));
+  for (float& w : p.b) w = normal(rng) / std::sqrt(static_cast<float>(rank));
+
+  Adam adam_a(p.a.size()), adam_b(p.b.size()), adam_bias(p.bias.size());
+  std::vector<float> ga(p.a.size()), gb(p.b.size()), gbias(p.bias.size());
+  std::vector<float> x(d), hidden(rank), dhidden(rank), z(d_ff);
+  std::vector<int64_t> order(n_train);
+  std::iota(order.begin(), order.end(), 0);
+  int step = 0;
+  for (int epoch = 0; epoch < o.epochs; ++epoch) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int64_t start = 0; start < n_train; start += o.batch) {
+      const int64_t end = std::min<int64_t>(start + o.batch, n_train);
+      const float scale = 1.0f / static_cast<float>(end - start);
+      std::fill(ga.begin(), ga.end(), 0.0f);
+      std::fill(gb.begin(), gb.end(), 0.0f);
+      std::fill(gbias.begin(), gbias.end(), 0.0f);
+      for (int64_t k = start; k < end; ++k) {
+        const int64_t row = order[k];
+        s.input(row, x.data());
+        p.logits(x.data(), hidden.data(), z.data());
+        std::fill(dhidden.begin(), dhidden.end(), 0.0f);
+        for (int i = 0; i < d_ff; ++i) {
+          // d(weighted BCE)/dz: w+ (p - 1) for an active neuron, p for an inactive one.
+          const float prob = sigmoid(z[i]);
+          const float dz = scale * (s.active(row, i) ? pos_weight * (prob - 1.0f) : prob);
+          gbias[i] += dz;
+          axpy_f32(dz, hidden.data(), &gb[static_cast<size_t>(i) * rank], rank);
+          axpy_f32(dz, &p.b[static_cast<size_t>(i) * rank], dhidden.data(), rank);
+        }
+        for (int j = 0; j < rank; ++j) {
+          axpy_f32(dhidden[j], x.data(), &ga[static_cast<size_t>(j) * d], d);
+        }
+      }
+      ++step;
+      adam_a.step(p.a, ga, o.lr, step);
+      adam_b.step(p.b, gb, o.lr, step);
+      adam_bias.step(p.bias, gbias, o.lr, step);
+    }
+    if (epoch_done) epoch_done();
+  }
+
+  // Decision threshold: sigmoid > 0.5 (logit 0), lowered if that misses more active neurons than
+  // the target recall allows on the first half of the held-out tokens.
+  const int64_t tune_end = n_train + n_holdout / 2;
+  std::vector<float> positive_logits;
+  for (int64_t row = n_train; row < tune_end; ++row) {
+    s.input(row, x.data());
+    p.logits(x.data(), hidden.data(), z.data());
+    for (int i = 0; i < d_ff; ++i) {
+      if (s.active(row, i)) positive_logits.push_back(z[i]);
+    }
+  }
+  p.decision = 0.0f;
+  if (!positive_logits.empty()) {
+    const size_t k = static_cast<size_t>((1.0f - o.target_recall) *
+                                         static_cast<float>(positive_logits.size()));
+    std::nth_element(positive_logits.begin(), positive_logits.begin() + k, positive_logits.end());
+    p.decision = std::min(0.0f, std::nextafter(positive_logits[k],
+                                                -std::numeric_limits<float>::infinity()));
+  }
+
+  int64_t tp = 0, fp = 0, fn = 0;
+  for (int64_t row = tune_end; row < n; ++row) {
+    s.input(row, x.data());
+    p.logits(x.data(), hidden.data(), z.data());
+    for (int i = 0; i < d_ff; ++i) {
+      const bool predicted = z[i] > p.decision, truth = s.active(row, i);
+      tp += predicted && truth;
+      fp += predicted && !truth;
+      fn += !predicted && truth;
+    }
+  }
+  const double measured = static_cast<double>(n - tune_end) * d_ff;
+  report.active_share = static_cast<float>((tp + fn) / measured);
+  report.predicted_share = static_cast<float>((tp + fp) / measured);
+  report.recall = tp + fn > 0 ? static_cast<float>(tp) / static_cast<float>(tp + fn) : 1.0f;
+  report.precision = tp + fp > 0 ? static_cast<float>(tp) / static_cast<float>(tp + fp) : 1.0f;
+  p.recall = report.recall;
+  p.precision = report.precision;
+  return p;
+}
+
+ActivationPredictor train_predictor(const std::vector<PredictorSamples>& samples,
+                                    const std::vector<int>& ranks, float sparsity,
+                                    const PredictorTrainingOptions& options, ThreadPool& pool,
+                                    std::vector<LayerTrainingReport>& reports,
+                                    const std::function<void(int, int)>& progress) {
+  if (ranks.size() != samples.size()) {
+    fail("internal error: {} ranks for {} layers", ranks.size(), samples.size());
+  }
+  const int n_layers = static_cast<int>(samples.size());
+  ActivationPredictor predictor;
+  predictor.sparsity = sparsity;
+  predictor.layers.resize(n_layers);
+  reports.assign(n_layers, {});
+  std::mutex mutex;
+  int done = 0;
+  const int total = n_layers * options.epochs;
+  pool.parallel_for(n_layers, [&](int64_t begin, int64_t end, int) {
+    for (int64_t l = begin; l < end; ++l) {
+      PredictorTrainingOptions o = options;
+      o.seed = options.seed + static_cast<uint64_t>(l);
+      predictor.layers[l] =
+          train_layer_predictor(samples[l], ranks[l], o, reports[l], [&] {
+            std::lock_guard lock(mutex);
+            ++done;
+            if (progress) progress(done, total);
+          });
+    }
+  });
+  return predictor;
+}
+
+std::vector<PredictorSamples> collect_predictor_samples(
+    const Model& model, std::string_view text, const CalibrationOptions& options,
+    const std::vector<float>& thresholds, const std::function<void(int, int)>& progress) {
+  const ModelConfig& c = model.config;
+  if (thresholds.size() != static_cast<size_t>(c.n_layers)) {
+    fail("internal error: {} thresholds for {} layers", thresholds.size(), c.n_layers);
+  }
+  std::vector<PredictorSamples> samples(c.n_layers, PredictorSamples(c.d_model, c.d_ff));
+  run_calibration_text(
+      model, text, options,
+      [&](int layer, const float* x, const float* activations) {
+        samples[layer].add(x, activations, thresholds[layer]);
+      },
+      progress);
+  return samples;
+}
+
+}  // namespace flashlm

@@ -1,0 +1,248 @@
+// Activation predictors: training on a known mask, storage in the sparsity file, and sparse
+// mode against dense evaluation at the same thresholds.
+#include "sparse/predictor.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "gguf/gguf.h"
+#include "gguf/gguf_writer.h"
+#include "sparse/calibrate.h"
+#include "sparse/predictor_training.h"
+#include "support/test_model.h"
+
+namespace flashlm {
+namespace {
+
+TEST(PredictorTraining, LearnsALowRankMask) {
+  // active_i = (U V x)_i > 0 with U V of rank 4: a rank-8 predictor can learn it exactly.
+  const int d_model = 32, d_ff = 64, true_rank = 4;
+  const auto u = testing::random_floats(d_ff * true_rank, 1);
+  const auto v = testing::random_floats(true_rank * d_model, 2);
+  PredictorSamples samples(d_model, d_ff);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(d_model), vx(true_rank);
+  std::vector<uint8_t> mask(d_ff);
+  int64_t active = 0;
+  for (int n = 0; n < 3000; ++n) {
+    for (float& xi : x) xi = normal(rng);
+    for (int j = 0; j < true_rank; ++j) {
+      vx[j] = 0;
+      for (int k = 0; k < d_model; ++k) vx[j] += v[j * d_model + k] * x[k];
+    }
+    for (int i = 0; i < d_ff; ++i) {
+      float wx = 0;
+      for (int j = 0; j < true_rank; ++j) wx += u[i * true_rank + j] * vx[j];
+      mask[i] = wx > 0;
+      active += mask[i];
+    }
+    samples.add_mask(x.data(), mask.data());
+  }
+  ASSERT_GT(active, 3000 * d_ff / 4);  // a real mix of both classes
+
+  PredictorTrainingOptions options;
+  options.epochs = 15;
+  options.batch = 32;
+  options.lr = 1e-2f;
+  options.target_recall = 0.99f;
+  LayerTrainingReport report;
+  const LayerPredictor p = train_layer_predictor(samples, 8, options, report);
+  EXPECT_GT(report.recall, 0.95f);
+  // Predicting every neuron would also reach that recall, at precision ~0.5.
+  EXPECT_GT(report.precision, 0.85f);
+  EXPECT_EQ(p.recall, report.recall);
+}
+
+std::string write_profile(const std::string& path, int n_layers, const std::vector<float>& levels,
+                          float threshold) {
+  SparsityProfile profile;
+  profile.levels = levels;
+  for (size_t i = 0; i < levels.size(); ++i) profile.thresholds.emplace_back(n_layers, threshold);
+  GgufWriter writer;
+  writer.add_string("general.architecture", "flashlm-sparsity");
+  writer.add_uint32("flashlm.n_layers", static_cast<uint32_t>(n_layers));
+  profile.write_to(writer);
+  writer.write(path);
+  return path;
+}
+
+ActivationPredictor random_predictor(float sparsity, int n_layers, int d_model, int d_ff,
+                                     uint64_t seed) {
+  ActivationPredictor p;
+  p.sparsity = sparsity;
+  for (int l = 0; l < n_layers; ++l) {
+    LayerPredictor layer(4 + l, d_model, d_ff);
+    layer.a = testing::random_floats(layer.a.size(), seed + 3 * l);
+    layer.b = testing::random_floats(layer.b.size(), seed + 3 * l + 1);
+    layer.bias = testing::random_floats(layer.bias.size(), seed + 3 * l + 2);
+    layer.decision = -0.25f * l;
+    layer.recall = 0.9f;
+    layer.precision = 0.5f;
+    p.layers.push_back(std::move(layer));
+  }
+  return p;
+}
+
+TEST(PredictorFile, RoundTripKeepsThresholdsAndOtherLevels) {
+  const std::string path =
+      write_profile(testing::temp_path("round-trip.sparse"), 3, {0.5f, 0.7f}, 0.25f);
+  const ActivationPredictor p50 = random_predictor(0.5f, 3, 16, 40, 10);
+  const ActivationPredictor p70 = random_predictor(0.7f, 3, 16, 40, 20);
+  save_predictor(path, p50);
+  save_predictor(path, p70);
+  save_predictor(path, p50);  // replacing a level keeps the other
+
+  auto file = GgufFile::open(path);
+  EXPECT_EQ(SparsityProfile::from_gguf(*file, 3).at(0.7f), std::vector<float>(3, 0.25f));
+  EXPECT_EQ(ActivationPredictor::levels_in(*file).size(), 2u);
+  for (const ActivationPredictor* want : {&p50, &p70}) {
+    auto got = ActivationPredictor::from_gguf(*file, want->sparsity, 3, 16, 40);
+    ASSERT_TRUE(got.has_value());
+    ASSERT_EQ(got->layers.size(), 3u);
+    for (int l = 0; l < 3; ++l) {
+      EXPECT_EQ(got->layers[l].rank, 4 + l);
+      EXPECT_EQ(got->layers[l].a, want->layers[l].a);
+      EXPECT_EQ(got->layers[l].b, want->layers[l].b);
+      EXPECT_EQ(got->layers[l].bias, want->layers[l].bias);
+      EXPECT_EQ(got->layers[l].decision, want->layers[l].decision);
+    }
+  }
+  EXPECT_FALSE(ActivationPredictor::from_gguf(*file, 0.9f, 3, 16, 40).has_value());
+  // Another model's shapes are refused, not misread.
+  EXPECT_THROW(ActivationPredictor::from_gguf(*file, 0.5f, 3, 16, 41), Error);
+  EXPECT_THROW(ActivationPredictor::from_gguf(*file, 0.5f, 4, 16, 40), Error);
+}
+
+// A converted tiny model with thresholds for sparsity 0.5 calibrated on its own output.
+struct SparseModel {
+  std::string flm;
+  std::unique_ptr<Model> model;
+};
+
+SparseModel calibrated_model(const std::string& name) {
+  SparseModel m;
+  const std::string gguf = testing::temp_path(name + ".gguf");
+  m.flm = testing::temp_path(name + ".flm");
+  testing::write_tiny_model(gguf, {.n_layers = 3, .weight_type = TensorType::Q8_0});
+  convert_to_flm(gguf, m.flm, {.force = true});
+  m.model = Model::load(m.flm);
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "the quick brown fox jumps over the lazy dog. ";
+  const SparsityProfile profile = calibrate_thresholds(
+      *m.model, text, {.threads = 2, .max_tokens = 512, .segment_tokens = 64, .levels = {0.5f}},
+      {});
+  GgufWriter writer;
+  writer.add_string("general.architecture", "flashlm-sparsity");
+  profile.write_to(writer);
+  writer.write(sparsity_file_for(m.flm));
+  return m;
+}
+
+const std::vector<int32_t> kPrompt = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114};
+
+// measure: also check the online recall of a predictor that selects every neuron.
+std::vector<float> logits_of(const Model& model, const std::string& mode, bool measure = false) {
+  Engine engine(model, {.threads = 2, .context_size = 64, .max_batch = 8, .mode = mode,
+                        .sparsity = 0.5f, .measure_predictor = measure});
+  std::vector<float> out;
+  for (size_t i = 0; i < kPrompt.size(); ++i) {
+    auto logits = engine.transformer().forward(std::span(&kPrompt[i], 1));
+    out.insert(out.end(), logits.begin(), logits.end());
+  }
+  if (measure) {
+    const PredictorQuality* q = engine.predictor_quality();
+    EXPECT_NE(q, nullptr);
+    if (q) {
+      EXPECT_EQ(q->recall(), 1.0);
+      EXPECT_GT(q->true_positives, 0u);
+      EXPECT_GT(q->false_positives, 0u);  // it predicts every neuron, half are inactive
+    }
+  }
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(double{a[i]} - b[i]));
+  return d;
+}
+
+TEST(SparseMode, NeedsATrainedPredictor) {
+  const SparseModel m = calibrated_model("no-predictor");
+  try {
+    Engine engine(*m.model, {.mode = "sparse", .sparsity = 0.5f});
+    FAIL() << "sparse mode without a predictor must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train-predictor"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SparseMode, OverPredictingEqualsDenseAtTheSameThresholds) {
+  const SparseModel m = calibrated_model("over-predicting");
+  const ModelConfig& c = m.model->config;
+  ActivationPredictor all = random_predictor(0.5f, c.n_layers, c.d_model, c.d_ff, 5);
+  for (LayerPredictor& l : all.layers) l.decision = -std::numeric_limits<float>::infinity();
+  save_predictor(sparsity_file_for(m.flm), all);
+
+  const auto sparse = logits_of(*m.model, "sparse", true);
+  const auto dense = logits_of(*m.model, "dense");
+  const auto oracle = logits_of(*m.model, "sparse-oracle");
+  EXPECT_LT(max_abs_diff(sparse, dense), 1e-4);
+  EXPECT_LT(max_abs_diff(sparse, oracle), 1e-4);
+
+  // The thresholds matter: without them the logits differ, so the comparison above has teeth.
+  Engine plain(*m.model, {.threads = 2, .context_size = 64, .max_batch = 8});
+  std::vector<float> unthresholded;
+  for (size_t i = 0; i < kPrompt.size(); ++i) {
+    auto logits = plain.transformer().forward(std::span(&kPrompt[i], 1));
+    unthresholded.insert(unthresholded.end(), logits.begin(), logits.end());
+  }
+  EXPECT_GT(max_abs_diff(unthresholded, dense), 1e-3);
+}
+
+// The oracle path with every combination of the cache's situations: overlapping reads with
+// compute or not, a cache that holds everything or only a few neurons per layer (so the
+// rest are read each token and used straight from the staging buffer).
+TEST(SparseMode, OracleEqualsDenseWithOrWithoutOverlapUnderAnyBudget) {
+  const SparseModel m = calibrated_model("oracle-budgets");
+  const auto dense = logits_of(*m.model, "dense");
+  const MemoryPlan roomy = plan_memory(*m.model->flash, FfnMode::SparseOracle, ~uint64_t{0} / 4);
+  const std::string tight = std::to_string(roomy.resident_bytes + roomy.stream_buffer_bytes +
+                                           roomy.ffn_bytes / 20);
+  for (const std::string& budget : {std::string(), tight}) {
+    for (bool overlap : {true, false}) {
+      Engine engine(*m.model, {.threads = 2, .context_size = 64, .max_batch = 8,
+                               .mode = "sparse-oracle", .mem_budget = budget, .sparsity = 0.5f,
+                               .overlap_io = overlap});
+      std::vector<float> got;
+      for (size_t i = 0; i < kPrompt.size(); ++i) {
+        auto logits = engine.transformer().forward(std::span(&kPrompt[i], 1));
+        got.insert(got.end(), logits.begin(), logits.end());
+      }
+      EXPECT_LT(max_abs_diff(got, dense), 1e-4) << "budget '" << budget << "' overlap " << overlap;
+      if (!budget.empty()) {
+        EXPECT_LE(engine.plan()->dram_bytes(), engine.plan()->budget);
+      }
+    }
+  }
+}
+
+TEST(SparseMode, UnderPredictingChangesTheOutput) {
+  const SparseModel m = calibrated_model("under-predicting");
+  const ModelConfig& c = m.model->config;
+  ActivationPredictor none = random_predictor(0.5f, c.n_layers, c.d_model, c.d_ff, 6);
+  for (LayerPredictor& l : none.layers) l.decision = std::numeric_limits<float>::infinity();
+  save_predictor(sparsity_file_for(m.flm), none);
+  EXPECT_GT(max_abs_diff(logits_of(*m.model, "sparse"), logits_of(*m.model, "dense")), 1e-3);
+}
+
+}  // namespace
+}  // namespace flashlm
