@@ -18,32 +18,45 @@ text=data/text/eval.txt
 [ -f "$text" ] || scripts/fetch_text.sh
 mkdir -p "$out"
 name=$(basename "$model" .flm)
-# KV cache, activations, code and allocator slack: what the process needs besides weights.
-overhead_mib=${OVERHEAD_MIB:-200}
+# KV cache, activations, code and allocator slack: what the process needs besides weights
+# (measured from the dense run when there is one; see run_mode).
+overhead_mib=${OVERHEAD_MIB:-100}
 modes=${MODES:-dense naive hybrid mmap}
 sparsity=${SPARSITY:-0.5}
 n_gen=${N_GEN:-256}
 window=${WINDOW:-4}
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-run_mode() {
-  local mode=$1
+drop_page_cache() {
   sync
   echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(cannot drop the page cache: not root)"
+}
+run_mode() {
+  local mode=$1
   if [ "$mode" = mmap ] && [ -w /sys/fs/cgroup/memory ]; then
     local bytes
     bytes=$("$flashlm" bench -m "$model" --modes dense --mem-budget 1000000G -n 1 -p 1 -f "$text" 2>&1 |
       sed -n 's/.*budget \([0-9.]*\) MiB of a \([0-9.]*\) MiB model.*/\2/p' | head -1)
+    # What the process needs besides weights (KV cache, activations, code): the dense run's
+    # peak RSS minus the model, when the dense run came first.
+    local dense_json=$out/$name-dense.json
+    if [ -z "${OVERHEAD_MIB:-}" ] && [ -f "$dense_json" ]; then
+      overhead_mib=$(python3 -c "import json; r=json.load(open('$dense_json'))[0]; print(max(16, int(r['rss_bytes']/2**20 - float('$bytes')) + 8))")
+    fi
     local limit_mib
     limit_mib=$(python3 -c "b='$budget'; m=float('$bytes'); print(int((m*float(b[:-1])/100 if b.endswith('%') else float(b.rstrip('MG'))*(1024 if b.endswith('G') else 1)) + $overhead_mib))")
     local cg=/sys/fs/cgroup/memory/flashlm-bench-$$
     mkdir -p "$cg"
     echo $((limit_mib * 1024 * 1024)) > "$cg/memory.limit_in_bytes"
-    echo "mmap: cgroup memory limit ${limit_mib} MiB (budget + ${overhead_mib} MiB)"
+    echo "mmap: cgroup memory limit ${limit_mib} MiB (budget + ${overhead_mib} MiB for KV cache, activations, code)"
+    # Cold start, after the sizing run above: pages left in the page cache would be charged to
+    # the root cgroup, not to this one, and escape the limit.
+    drop_page_cache
     (echo $BASHPID > "$cg/cgroup.procs"; exec "$flashlm" bench -m "$model" --modes mmap \
       --mem-budget "$budget" -f "$text" -n "$n_gen" --json "$out/$name-mmap.json") | tail -n +1
     rmdir "$cg" 2>/dev/null || true
   else
+    drop_page_cache
     local extra=()
     case $mode in sparse*) extra=(--sparsity "$sparsity" --window "$window") ;; esac
     "$flashlm" bench -m "$model" --modes "$mode" --mem-budget "$budget" -f "$text" \
@@ -81,6 +94,7 @@ for r in rows:
 json.dump(rows, open(pathlib.Path(out) / f"{name}-all.json", "w"), indent=1)
 PY
 if [ -n "${PLOT:-}" ]; then
+  mkdir -p "$(dirname "$PLOT")"
   python3 bench/plot_breakdown.py "$out/$name-all.json" -o "$PLOT" \
     --title "flashlm $name: per-token latency by mode, budget $budget"
 fi

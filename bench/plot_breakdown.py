@@ -22,7 +22,6 @@ def main():
         data = json.loads(Path(path).read_text())
         rows += data if isinstance(data, list) else [data]
     with tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False) as dat:
-        dat.write("mode io mem compute\n")
         for r in rows:
             dat.write(f"{r['mode']} {r['ms_io']:.3f} {r['ms_mem']:.3f} {max(r['ms_compute'], 0):.3f}\n")
     script = f"""
@@ -36,6 +35,7 @@ set style fill solid 0.85 border -1
 set boxwidth 0.6
 set key outside right top
 set grid ytics
+set xtics rotate by -30
 plot '{dat.name}' using 2:xtic(1) title 'I/O' lc rgb '#d62728', \\
      '' using 3 title 'memory management' lc rgb '#ff7f0e', \\
      '' using 4 title 'compute' lc rgb '#1f77b4'

@@ -41,7 +41,7 @@ struct Case {
 };
 
 const Case kCases[] = {
-    {"SmolLM2-135M-Instruct.Q4_1.gguf", 2, {12, 61}, 0.005},
+    {"SmolLM2-135M-Instruct.Q4_1.gguf", 4, {12, 61}, 0.005},
     {"gemma-3-270m-q4_k_m.gguf", 2, {64, 0}, 0.015},
     {"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1, {18, 64}, 0.005},
 };

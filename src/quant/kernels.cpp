@@ -66,7 +66,7 @@ float dot_q8_0(const void* row, const PreparedInput& x) {
   VF32 acc = hn::Zero(DF32());
   for (int64_t i = 0; i < x.size() / kQK; ++i) {
     acc = accumulate(acc, int_dot(b[i].qs, x.q() + i * kQK, kQK),
-                     fp16_to_float(b[i].d) * x.scale()[i]);
+                     fp16_to_float_fast(b[i].d) * x.scale()[i]);
   }
   return reduce(acc);
 }
@@ -77,7 +77,7 @@ float dot_q4_0(const void* row, const PreparedInput& x) {
   alignas(32) int8_t w[kQK];
   for (int64_t i = 0; i < x.size() / kQK; ++i) {
     unpack_nibbles(b[i].qs, 8, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float(b[i].d) * x.scale()[i]);
+    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
   }
   return reduce(acc);
 }
@@ -89,9 +89,9 @@ float dot_q4_1(const void* row, const PreparedInput& x) {
   alignas(32) int8_t w[kQK];
   for (int64_t i = 0; i < x.size() / kQK; ++i) {
     unpack_nibbles(b[i].qs, 0, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float(b[i].d) * x.scale()[i]);
+    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
     // sum (q d + m) x = d sum q x + m sum x
-    mins += fp16_to_float(b[i].m) * x.scale()[i] * static_cast<float>(x.block_sum()[i]);
+    mins += fp16_to_float_fast(b[i].m) * x.scale()[i] * static_cast<float>(x.block_sum()[i]);
   }
   return reduce(acc) + mins;
 }
@@ -112,7 +112,7 @@ float dot_q5_0(const void* row, const PreparedInput& x) {
   alignas(32) int8_t w[kQK];
   for (int64_t i = 0; i < x.size() / kQK; ++i) {
     unpack_q5(b[i].qs, b[i].qh, 16, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float(b[i].d) * x.scale()[i]);
+    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
   }
   return reduce(acc);
 }
@@ -124,8 +124,8 @@ float dot_q5_1(const void* row, const PreparedInput& x) {
   alignas(32) int8_t w[kQK];
   for (int64_t i = 0; i < x.size() / kQK; ++i) {
     unpack_q5(b[i].qs, b[i].qh, 0, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float(b[i].d) * x.scale()[i]);
-    mins += fp16_to_float(b[i].m) * x.scale()[i] * static_cast<float>(x.block_sum()[i]);
+    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
+    mins += fp16_to_float_fast(b[i].m) * x.scale()[i] * static_cast<float>(x.block_sum()[i]);
   }
   return reduce(acc) + mins;
 }
@@ -139,7 +139,7 @@ float dot_k_asymmetric(const void* row, const PreparedInput& x) {
   alignas(32) int8_t w[kQK * 2];
   for (int64_t i = 0; i < x.size() / kQKK; ++i) {
     const Block& b = blocks[i];
-    const float d = fp16_to_float(b.d), dmin = fp16_to_float(b.dmin);
+    const float d = fp16_to_float_fast(b.d), dmin = fp16_to_float_fast(b.dmin);
     const int16_t* xq = x.q() + i * kQKK;
     const float* xs = x.scale() + i * (kQKK / kQK);
     const int32_t* xsum = x.block_sum() + i * (kQKK / kQK);
@@ -196,7 +196,7 @@ float dot_q6_k(const void* row, const PreparedInput& x) {
         hn::StoreU(hn::Sub(hn::BitCast(di8, q4), off), di8, out + l + 96);
       }
     }
-    const float d = fp16_to_float(b.d);
+    const float d = fp16_to_float_fast(b.d);
     const int16_t* xq = x.q() + i * kQKK;
     const float* xs = x.scale() + i * (kQKK / kQK);
     for (int s = 0; s < 16; ++s) {
@@ -216,7 +216,7 @@ float dot_float_row(TensorType type, const void* row, const PreparedInput& x) {
   for (int64_t i = 0; i < x.size(); i += kSlice) {
     const int64_t n = std::min(kSlice, x.size() - i);
     for (int64_t j = 0; j < n; ++j) {
-      buffer[j] = type == TensorType::F16 ? fp16_to_float(h[i + j]) : bf16_to_float(h[i + j]);
+      buffer[j] = type == TensorType::F16 ? fp16_to_float_fast(h[i + j]) : bf16_to_float(h[i + j]);
     }
     sum += dot_f32(buffer, x.values() + i, n);
   }
@@ -317,7 +317,7 @@ void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n) {
   if (type == TensorType::Q8_0) {
     // The down projection of the bundles: the hot loop of the sparse FFN.
     const auto* b = static_cast<const BlockQ8_0*>(row);
-    for (int64_t i = 0; i < n / kQK; ++i) axpy_int8_block(b[i].qs, a * fp16_to_float(b[i].d), y + i * kQK);
+    for (int64_t i = 0; i < n / kQK; ++i) axpy_int8_block(b[i].qs, a * fp16_to_float_fast(b[i].d), y + i * kQK);
     return;
   }
   const int64_t block = type_traits(type).block_size;

@@ -8,8 +8,7 @@
 namespace flashlm {
 
 NeuronCache::NeuronCache(int d_ff, size_t bundle_bytes, int capacity, int window)
-    : d_ff_(d_ff),
-      bundle_bytes_(bundle_bytes),
+    : bundle_bytes_(bundle_bytes),
       capacity_(std::clamp(capacity, 0, d_ff)),
       window_(window),
       rows_(std::max<size_t>(static_cast<size_t>(std::clamp(capacity, 0, d_ff)) * bundle_bytes, 1)),

@@ -52,7 +52,6 @@ class NeuronCache {
   void remove_row(int row);
   int append(int32_t neuron, int64_t step);
 
-  int d_ff_;
   size_t bundle_bytes_;
   int capacity_;
   int window_;
