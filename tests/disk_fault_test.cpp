@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "common/mapped_files.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "flash/flash_layout.h"
@@ -53,6 +54,27 @@ TEST(DiskFaults, FlmTruncatedWhileStreamingFailsNamingTheFile) {
     EXPECT_TRUE(contains(e.what(), flm)) << e.what();
     EXPECT_TRUE(contains(e.what(), "end of file") || contains(e.what(), "truncated")) << e.what();
   }
+}
+
+// mmap mode reads the bundles through a mapping: a page past the new end of the file raises
+// SIGBUS, which must end the process with a message naming the file, not a bare crash.
+TEST(DiskFaultsDeathTest, FlmTruncatedUnderMmapEndsWithAMessageNamingTheFile) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string gguf = testing::temp_path("cut-mmap.gguf");
+  const std::string flm = testing::temp_path("cut-mmap.flm");
+  testing::write_tiny_model(gguf, {.n_layers = 3, .weight_type = TensorType::Q8_0});
+  convert_to_flm(gguf, flm, {.force = true});
+  EXPECT_EXIT(
+      {
+        auto model = Model::load(flm);
+        Engine engine(*model, {.threads = 1, .context_size = 32, .max_batch = 4, .mode = "mmap"});
+        const int32_t token = 65;
+        const FlmLayer& layer1 = model->flash->layers()[1];
+        if (::truncate(flm.c_str(), static_cast<off_t>(layer1.offset)) != 0) std::_Exit(3);
+        engine.transformer().forward(std::span(&token, 1));
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(kMappedFileTruncatedExit), "became shorter while it was in use");
 }
 
 // Writes of a conversion fail part-way; the output must not appear and no temporary stays.

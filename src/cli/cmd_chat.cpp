@@ -188,22 +188,7 @@ void register_chat_command(CLI::App& app) {
   cmd->add_option("-n,--n-predict", opts->n_predict,
                   "Most tokens per answer (default: as many as the context holds)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--temp", opts->sampling.temperature, "Temperature; 0 = greedy")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  cmd->add_option("--top-k", opts->sampling.top_k, "Keep the k most likely tokens; 0 = all")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  cmd->add_option("--top-p", opts->sampling.top_p, "Nucleus sampling mass")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  cmd->add_option_function<uint64_t>(
-      "-s,--seed",
-      [opts](uint64_t seed) {
-        opts->sampling.seed = seed;
-        opts->seed_given = true;
-      },
-      "Random seed (default: from the clock)");
+  add_sampling_options(*cmd, opts->sampling, opts->seed_given);
   cmd->callback([opts] { chat(*opts); });
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "sampling/sampler.h"
 
 namespace flashlm {
 
@@ -21,6 +22,10 @@ struct CommonOptions {
   void add_flash(CLI::App& cmd);
   EngineOptions engine_options() const;
 };
+
+// --temp, --top-k, --top-p and -s/--seed, with llama.cpp's names; `seed_given` records
+// whether -s came (otherwise callers seed from the clock).
+void add_sampling_options(CLI::App& cmd, SamplingParams& sampling, bool& seed_given);
 
 void register_run_command(CLI::App& app);
 void register_info_command(CLI::App& app);

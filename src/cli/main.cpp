@@ -64,6 +64,25 @@ void CommonOptions::add_flash(CLI::App& cmd) {
       ->capture_default_str();
 }
 
+void add_sampling_options(CLI::App& cmd, SamplingParams& sampling, bool& seed_given) {
+  cmd.add_option("--temp", sampling.temperature, "Temperature; 0 = greedy")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens; 0 = all")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--top-p", sampling.top_p, "Nucleus sampling mass")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd.add_option_function<uint64_t>(
+      "-s,--seed",
+      [&sampling, &seed_given](uint64_t seed) {
+        sampling.seed = seed;
+        seed_given = true;
+      },
+      "Random seed (default: from the clock)");
+}
+
 EngineOptions CommonOptions::engine_options() const {
   EngineOptions o = engine;
   o.io_backend = io == "uring" ? IoBackend::IoUring : io == "pread" ? IoBackend::Pread : IoBackend::Auto;

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/mapped_files.h"
 #include "common/thread_pool.h"
 
 namespace flashlm {
@@ -71,6 +72,7 @@ FlashFeedForward::FlashFeedForward(const FlashModelFile& file, const ModelConfig
         map_ = nullptr;
         fail("cannot memory-map '{}': {}", file_.path(), std::strerror(errno));
       }
+      register_mapped_file(map_, map_bytes_, file_.path());
       break;
     }
     case FfnMode::Sparse:
@@ -81,7 +83,10 @@ FlashFeedForward::FlashFeedForward(const FlashModelFile& file, const ModelConfig
 }
 
 FlashFeedForward::~FlashFeedForward() {
-  if (map_) ::munmap(map_, map_bytes_);
+  if (map_) {
+    unregister_mapped_file(map_);
+    ::munmap(map_, map_bytes_);
+  }
 }
 
 const uint8_t* FlashFeedForward::read_layer_range(int layer, uint64_t begin, uint64_t end,

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "common/mapped_files.h"
 
 namespace flashlm {
 namespace {
@@ -232,12 +233,16 @@ std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
   void* map = mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, file->fd_, 0);
   if (map == MAP_FAILED) fail("cannot memory-map '{}': {}", path, std::strerror(errno));
   file->map_ = static_cast<const uint8_t*>(map);
+  register_mapped_file(map, file->size_, path);
   file->parse();
   return file;
 }
 
 GgufFile::~GgufFile() {
-  if (map_) munmap(const_cast<uint8_t*>(map_), size_);
+  if (map_) {
+    unregister_mapped_file(map_);
+    munmap(const_cast<uint8_t*>(map_), size_);
+  }
   if (fd_ >= 0) close(fd_);
 }
 
