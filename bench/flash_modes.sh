@@ -96,5 +96,5 @@ PY
 if [ -n "${PLOT:-}" ]; then
   mkdir -p "$(dirname "$PLOT")"
   python3 bench/plot_breakdown.py "$out/$name-all.json" -o "$PLOT" \
-    --title "flashlm $name: per-token latency by mode, budget $budget"
+    --title "$name: ms per token by mode, budget $budget (mmap: page faults count as compute)"
 fi

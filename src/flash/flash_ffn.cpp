@@ -96,7 +96,12 @@ const uint8_t* FlashFeedForward::read_layer_range(int layer, uint64_t begin, uin
   const uint64_t first = (l.offset + begin) / align * align;
   const uint64_t last = (l.offset + end + align - 1) / align * align;
   const uint64_t bytes = last - first;
-  if (buffer.size() < bytes) buffer = AlignedBuffer(bytes);
+  if (buffer.size() < bytes) {
+    buffer = AlignedBuffer(bytes);
+    // The per-token stream buffer is pinned for io_uring once (false where it cannot be: the
+    // reads then work unregistered).
+    if (&buffer == &stream_) io_->register_buffers({std::span(stream_.data(), stream_.size())});
+  }
   std::vector<ReadRequest> requests;
   for (uint64_t at = 0; at < bytes; at += kStreamRequestBytes) {
     const uint64_t n = std::min(kStreamRequestBytes, bytes - at);

@@ -63,7 +63,10 @@ void WindowedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, flo
   ReadPlan plan;
   if (!to_read_.empty()) {
     plan = plan_reads(to_read_, l.offset, stride, planner_);
-    if (staging_.size() < plan.buffer_bytes) staging_ = AlignedBuffer(plan.buffer_bytes);
+    if (staging_.size() < plan.buffer_bytes) {
+      staging_ = AlignedBuffer(plan.buffer_bytes);
+      io_.register_buffers({std::span(staging_.data(), staging_.size())});  // best effort
+    }
     requests_ = plan.requests(staging_.data());
     start = Clock::now();
     io_.submit(requests_);
