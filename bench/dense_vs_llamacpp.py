@@ -12,27 +12,14 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-import llama_cpp
-import llama_cpp.llama_cpp as llama_cpp_lib
-from llama_cpp import Llama
-
-# Extra buffer types (AMX, repacked weights) crash with a general protection fault on this
-# VM's CPU in llama-cpp-python 0.3.36 (built with GGML_NATIVE=ON): use the plain CPU buffers.
-_default_model_params = llama_cpp_lib.llama_model_default_params
-
-
-def _model_params_without_extra_buffers():
-    params = _default_model_params()
-    params.use_extra_bufts = False
-    return params
-
-
-llama_cpp_lib.llama_model_default_params = _model_params_without_extra_buffers
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "reference"))
+from llama_cpp_plain import Llama, llama_cpp  # noqa: E402  (plain CPU buffers)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MODELS = [
