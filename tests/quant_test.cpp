@@ -173,7 +173,7 @@ class QuantKernels : public ::testing::TestWithParam<TensorType> {
   static std::vector<float> effective_input(const PreparedInput& p, const std::vector<float>& x) {
     if (is_float(p.weight_type())) return x;
     std::vector<float> out(kN);
-    for (int64_t i = 0; i < kN; ++i) out[i] = static_cast<float>(p.q()[i]) * p.scale()[i / 32];
+    for (int64_t i = 0; i < kN; ++i) out[i] = static_cast<float>(p.q()[i]) * p.scale()[i / p.group()];
     return out;
   }
 
@@ -201,7 +201,7 @@ class QuantKernels : public ::testing::TestWithParam<TensorType> {
 
 TEST_P(QuantKernels, DotMatvecAndMatmulMatchReference) {
   const TensorType type = GetParam();
-  constexpr int kTokens = 3;
+  constexpr int kTokens = 6;  // a full tile of 4 and a remainder
   std::vector<std::vector<float>> xs;
   std::vector<PreparedInput> prepared(kTokens);
   for (int t = 0; t < kTokens; ++t) {

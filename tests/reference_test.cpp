@@ -30,20 +30,19 @@ struct Case {
   std::string model;  // file name in models/
   // Perplexity chunks of 512 tokens to evaluate: few, to keep CI short on the larger model.
   int ppl_chunks;
-  // Leading tokens of free-running greedy generation, per prompt, that must match llama.cpp
-  // exactly; past a near-tie the two may part ways (GreedyContinuationMatches checks every
-  // step teacher-forced).
-  std::array<int, 2> greedy_exact;
-  // Relative perplexity difference allowed. Gemma 3's is wider: flashlm measures 27.77 over two
-  // chunks, llama.cpp 28.06 with its default F16 KV cache and 27.96 with an F32 one, while its
-  // logits and greedy tokens agree; the rest of the gap is not explained yet.
+  // Allowed |flashlm - llama.cpp| over the top-5 logits. Gemma 3's is wider: on the quicksort
+  // prompt llama.cpp itself moves by up to 0.84 between batched and token-by-token evaluation
+  // (753: 11.44 vs 10.60), and flashlm lands 1.13 from the batched figure.
+  double logit_tolerance;
+  // Relative perplexity difference allowed. (Gemma 3 was 1.0% off while flashlm quantized the
+  // inputs of K-quant weights in blocks of 32; with llama.cpp's blocks of 256 it agrees.)
   double ppl_tolerance;
 };
 
 const Case kCases[] = {
-    {"SmolLM2-135M-Instruct.Q4_1.gguf", 4, {12, 61}, 0.005},
-    {"gemma-3-270m-q4_k_m.gguf", 2, {64, 0}, 0.015},
-    {"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1, {18, 64}, 0.005},
+    {"SmolLM2-135M-Instruct.Q4_1.gguf", 4, 1.0, 0.005},
+    {"gemma-3-270m-q4_k_m.gguf", 2, 1.25, 0.005},
+    {"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1, 1.0, 0.005},
 };
 
 std::string source_path(const std::string& relative) {
@@ -120,7 +119,6 @@ TEST_P(Reference, TokenizerIdsMatch) {
 // Both engines quantize activations to 8 bits, and llama.cpp keeps its KV cache in F16, so
 // logits differ a little: on SmolLM2 switching llama.cpp's own KV cache from F16 to F32 moves
 // its logits by up to 0.8. A wrong formula moves them by whole units and changes the ranking.
-constexpr double kLogitTolerance = 1.0;
 // Two tokens whose flashlm logits are closer than this may come out in either order (SmolLM2
 // has such pairs 0.34 and 0.38 apart: "321" / "311 million", " implementation" / " of").
 constexpr double kNearTie = 0.5;
@@ -151,11 +149,14 @@ TEST_P(Reference, NextTokenTopFiveMatch) {
           << "prompt: " << prompt_text << ", rank " << i << ": flashlm " << ids[i]
           << ", llama.cpp " << expected_ids[i];
       max_diff = std::max(max_diff, std::abs(double{logits[expected_ids[i]]} - expected_logits[i]));
+      std::printf("%s%.2f/%.2f", i == 0 ? "  flashlm/llama.cpp top-5 logits: " : " ",
+                  logits[expected_ids[i]], expected_logits[i]);
     }
+    std::printf("\n");
   }
   std::printf("max |logit - llama.cpp logit| over the top-5: %.4f\n", max_diff);
   RecordProperty("max_abs_logit_diff", std::to_string(max_diff));
-  EXPECT_LT(max_diff, kLogitTolerance);
+  EXPECT_LT(max_diff, GetParam().logit_tolerance);
 }
 
 // Feeds llama.cpp's greedy continuation through flashlm: at every step flashlm's choice must be
@@ -170,8 +171,10 @@ TEST_P(Reference, GreedyContinuationMatches) {
     transformer().truncate(0);
     std::span<const float> logits = transformer().forward(prompt);
     int same = 0;
+    std::vector<int32_t> choices;
     for (size_t i = 0; i < expected.size(); ++i) {
       const int32_t mine = top_ids(logits, 1)[0];
+      choices.push_back(mine);
       same += mine == expected[i];
       if (mine != expected[i]) {
         std::printf("token %zu: flashlm %d, llama.cpp %d, %.3f apart in flashlm's logits\n", i,
@@ -198,9 +201,13 @@ TEST_P(Reference, GreedyContinuationMatches) {
     const int64_t identical = diverge.first - out.begin();
     std::printf("free-running greedy: first %lld of %zu tokens identical\n",
                 static_cast<long long>(identical), expected.size());
-    EXPECT_GE(identical, std::min<int64_t>(GetParam().greedy_exact.at(n), std::ssize(expected)))
-        << "prompt: " << prompt_text << "\n flashlm:   " << tokenizer().decode(out)
-        << "\n llama.cpp: " << tokenizer().decode(expected);
+    // Free-running generation may leave llama.cpp's path only where flashlm's own choice, with
+    // the same context, was a near-tie (checked step by step above).
+    if (identical < std::ssize(out) && identical < std::ssize(expected)) {
+      EXPECT_EQ(out[identical], choices[identical])
+          << "prompt: " << prompt_text << "\n flashlm:   " << tokenizer().decode(out)
+          << "\n llama.cpp: " << tokenizer().decode(expected);
+    }
   }
 }
 

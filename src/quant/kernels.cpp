@@ -1,5 +1,6 @@
 #include "quant/kernels.h"
 
+#include <hwy/aligned_allocator.h>
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -15,195 +16,372 @@ namespace flashlm {
 namespace hn = hwy::HWY_NAMESPACE;
 namespace {
 
-// Integer lanes: 16 x int16 where the target has 256-bit vectors (AVX2, AVX-512), 8 on
-// 128-bit targets (SSE4, NEON); the loops below step by Lanes() so both work.
-using D16 = hn::CappedTag<int16_t, 16>;
+// Integer lanes: 32 x int16 where the target has 512-bit vectors, 16 on 256-bit ones, 8 on
+// 128-bit ones; every loop below steps by Lanes().
+using D16 = hn::CappedTag<int16_t, 32>;
 using D8 = hn::Rebind<int8_t, D16>;
 using DU8 = hn::Rebind<uint8_t, D16>;
 using D32 = hn::Repartition<int32_t, D16>;
 using DF32 = hn::Rebind<float, D32>;
+using V16 = hn::Vec<D16>;
+using V32 = hn::Vec<D32>;
 using VF32 = hn::Vec<DF32>;
 
-// Integer dot of `count` int8 weights with the prepared int16 activations.
-HWY_INLINE hn::Vec<D32> int_dot(const int8_t* w, const int16_t* x, int count) {
-  const D16 d16;
-  const D8 d8;
-  const D32 d32;
-  auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
-  for (int i = 0; i < count; i += static_cast<int>(hn::Lanes(d16))) {
-    const auto wv = hn::PromoteTo(d16, hn::LoadU(d8, w + i));
-    sum0 = hn::ReorderWidenMulAccumulate(d32, wv, hn::LoadU(d16, x + i), sum0, sum1);
-  }
-  return hn::Add(sum0, sum1);
-}
-
-// acc += float(int sum) * scale
-HWY_INLINE VF32 accumulate(VF32 acc, hn::Vec<D32> sum, float scale) {
-  const DF32 df;
-  return hn::MulAdd(hn::ConvertTo(df, sum), hn::Set(df, scale), acc);
-}
-
-// Splits 16 packed bytes into their low and high nibbles as int8, minus `offset`.
-HWY_INLINE void split_nibbles(const uint8_t* packed, int8_t offset, int8_t* lo, int8_t* hi) {
-  const hn::FixedTag<uint8_t, 16> du8;
-  const hn::FixedTag<int8_t, 16> di8;
-  const auto v = hn::LoadU(du8, packed);
-  const auto off = hn::Set(di8, offset);
-  hn::StoreU(hn::Sub(hn::BitCast(di8, hn::And(v, hn::Set(du8, 0x0F))), off), di8, lo);
-  hn::StoreU(hn::Sub(hn::BitCast(di8, hn::ShiftRight<4>(v)), off), di8, hi);
-}
-
-// A 32-element block of the simple types: elements 0..15 in the low nibbles, 16..31 in the
-// high ones.
-HWY_INLINE void unpack_nibbles(const uint8_t* packed, int8_t offset, int8_t* out) {
-  split_nibbles(packed, offset, out, out + 16);
+// sum + pairwise a*b, int16 -> int32. One VNNI instruction where the target has it.
+HWY_INLINE V32 madd_accumulate(V16 a, V16 b, V32 sum) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && defined(__AVX512VNNI__)
+  if constexpr (hn::MaxLanes(D16()) == 32) return V32{_mm512_dpwssd_epi32(sum.raw, a.raw, b.raw)};
+#endif
+  V32 unused = hn::Zero(D32());
+  return hn::ReorderWidenMulAccumulate(D32(), a, b, sum, unused);
 }
 
 float reduce(VF32 acc) { return hn::GetLane(hn::SumOfLanes(DF32(), acc)); }
 
-float dot_q8_0(const void* row, const PreparedInput& x) {
-  const auto* b = static_cast<const BlockQ8_0*>(row);
-  VF32 acc = hn::Zero(DF32());
-  for (int64_t i = 0; i < x.size() / kQK; ++i) {
-    acc = accumulate(acc, int_dot(b[i].qs, x.q() + i * kQK, kQK),
-                     fp16_to_float_fast(b[i].d) * x.scale()[i]);
-  }
-  return reduce(acc);
+// ---- Unpacking: every quantized type becomes groups of int16 values ------------------------
+//
+// A group is one block of the simple types (32 values) or one super-block of the K-quants
+// (256). Value i of a group is d * w[i] + block_min[i / 32]: the K-quants' sub-block scales
+// are folded into w (|w| <= 32 * 128, so products with int8 activations stay far inside
+// int32); the minimums of the asymmetric types (Q4_1, Q5_1, Q4_K, Q5_K) stay apart, one float
+// per 32 values, because sum_i min * x_i = min * sum_i x_i is one multiply per block.
+// Every store below is as wide as the loads that read it back, so no store-forwarding stall.
+
+constexpr bool is_asymmetric(TensorType t) {
+  return t == TensorType::Q4_1 || t == TensorType::Q5_1 || t == TensorType::Q4_K ||
+         t == TensorType::Q5_K;
 }
 
-float dot_q4_0(const void* row, const PreparedInput& x) {
-  const auto* b = static_cast<const BlockQ4_0*>(row);
-  VF32 acc = hn::Zero(DF32());
-  alignas(32) int8_t w[kQK];
-  for (int64_t i = 0; i < x.size() / kQK; ++i) {
-    unpack_nibbles(b[i].qs, 8, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
-  }
-  return reduce(acc);
-}
+using DU8x16 = hn::FixedTag<uint8_t, 16>;
+using VU8x16 = hn::Vec<DU8x16>;
 
-float dot_q4_1(const void* row, const PreparedInput& x) {
-  const auto* b = static_cast<const BlockQ4_1*>(row);
-  VF32 acc = hn::Zero(DF32());
-  float mins = 0;
-  alignas(32) int8_t w[kQK];
-  for (int64_t i = 0; i < x.size() / kQK; ++i) {
-    unpack_nibbles(b[i].qs, 0, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
-    // sum (q d + m) x = d sum q x + m sum x
-    mins += fp16_to_float_fast(b[i].m) * x.scale()[i] * static_cast<float>(x.block_sum()[i]);
-  }
-  return reduce(acc) + mins;
-}
-
-// The 5th bits of Q5_0/Q5_1: bit j of qh sets bit 4 of element j.
-HWY_INLINE void unpack_q5(const uint8_t* qs, const uint8_t* qh_bytes, int8_t offset, int8_t* w) {
-  uint32_t qh;
-  std::memcpy(&qh, qh_bytes, 4);
-  unpack_nibbles(qs, 0, w);
-  for (int j = 0; j < kQK; ++j) {
-    w[j] = static_cast<int8_t>((w[j] | (((qh >> j) & 1) << 4)) - offset);
+// w[0..16) = lo - offset, w[16..32) = hi - offset, 16 bytes each widened to int16.
+HWY_INLINE void store_block(VU8x16 lo, VU8x16 hi, int16_t offset, int16_t* w) {
+  constexpr size_t kLanes = hn::MaxLanes(D16());
+  if constexpr (kLanes >= 16) {
+    const hn::FixedTag<uint16_t, 16> du16;
+    const hn::FixedTag<int16_t, 16> di16;
+    const auto a = hn::Sub(hn::BitCast(di16, hn::PromoteTo(du16, lo)), hn::Set(di16, offset));
+    const auto b = hn::Sub(hn::BitCast(di16, hn::PromoteTo(du16, hi)), hn::Set(di16, offset));
+    if constexpr (kLanes == 32) {
+      hn::Store(hn::Combine(D16(), b, a), D16(), w);
+    } else {
+      hn::Store(a, di16, w);
+      hn::Store(b, di16, w + 16);
+    }
+  } else {
+    // 128-bit targets: 8 lanes at a time through a byte buffer.
+    alignas(16) uint8_t bytes[32];
+    hn::Store(lo, DU8x16(), bytes);
+    hn::Store(hn::Vec<DU8x16>(hi), DU8x16(), bytes + 16);
+    const hn::FixedTag<uint8_t, 8> du8;
+    const hn::FixedTag<uint16_t, 8> du16;
+    const hn::FixedTag<int16_t, 8> di16;
+    for (int i = 0; i < kQK; i += 8) {
+      hn::Store(hn::Sub(hn::BitCast(di16, hn::PromoteTo(du16, hn::LoadU(du8, bytes + i))),
+                        hn::Set(di16, offset)),
+                di16, w + i);
+    }
   }
 }
 
-float dot_q5_0(const void* row, const PreparedInput& x) {
-  const auto* b = static_cast<const BlockQ5_0*>(row);
-  VF32 acc = hn::Zero(DF32());
-  alignas(32) int8_t w[kQK];
-  for (int64_t i = 0; i < x.size() / kQK; ++i) {
-    unpack_q5(b[i].qs, b[i].qh, 16, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
-  }
-  return reduce(acc);
+// The 5th bits of Q5_0/Q5_1 (bit j of the 32-bit qh for value j) as 0/16 per byte, for values
+// 0..15 (lo) and 16..31 (hi).
+HWY_INLINE void fifth_bits(const uint8_t* qh, VU8x16& lo, VU8x16& hi) {
+  alignas(16) static constexpr uint8_t kLoByte[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+  alignas(16) static constexpr uint8_t kHiByte[16] = {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+  alignas(16) static constexpr uint8_t kBit[16] = {1, 2, 4, 8, 16, 32, 64, 128,
+                                                   1, 2, 4, 8, 16, 32, 64, 128};
+  const DU8x16 d;
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  const auto all = hn::BitCast(d, hn::Set(hn::FixedTag<uint32_t, 4>(), bits));
+  const auto bit = hn::Load(d, kBit);
+  const auto sixteen = hn::Set(d, 16);
+  lo = hn::IfThenElseZero(hn::TestBit(hn::TableLookupBytes(all, hn::Load(d, kLoByte)), bit), sixteen);
+  hi = hn::IfThenElseZero(hn::TestBit(hn::TableLookupBytes(all, hn::Load(d, kHiByte)), bit), sixteen);
 }
 
-float dot_q5_1(const void* row, const PreparedInput& x) {
-  const auto* b = static_cast<const BlockQ5_1*>(row);
-  VF32 acc = hn::Zero(DF32());
-  float mins = 0;
-  alignas(32) int8_t w[kQK];
-  for (int64_t i = 0; i < x.size() / kQK; ++i) {
-    unpack_q5(b[i].qs, b[i].qh, 0, w);
-    acc = accumulate(acc, int_dot(w, x.q() + i * kQK, kQK), fp16_to_float_fast(b[i].d) * x.scale()[i]);
-    mins += fp16_to_float_fast(b[i].m) * x.scale()[i] * static_cast<float>(x.block_sum()[i]);
+// A block of the simple 4/5-bit types: values 0..15 in the low nibbles, 16..31 in the high ones.
+template <bool kFiveBits>
+HWY_INLINE void unpack_nibbles(const uint8_t* qs, const uint8_t* qh, int16_t offset, int16_t* w) {
+  const DU8x16 d;
+  const auto v = hn::LoadU(d, qs);
+  auto lo = hn::And(v, hn::Set(d, 0x0F));
+  auto hi = hn::ShiftRight<4>(v);
+  if constexpr (kFiveBits) {
+    VU8x16 lo5, hi5;
+    fifth_bits(qh, lo5, hi5);
+    lo = hn::Or(lo, lo5);
+    hi = hn::Or(hi, hi5);
   }
-  return reduce(acc) + mins;
+  store_block(lo, hi, offset, w);
 }
 
-// Q4_K and Q5_K: sub-block j of 32 contributes d*scale_j * dx * sum(q x) - dmin*min_j * dx * sum(x).
 template <bool kFiveBits, typename Block>
-float dot_k_asymmetric(const void* row, const PreparedInput& x) {
-  const auto* blocks = static_cast<const Block*>(row);
-  VF32 acc = hn::Zero(DF32());
-  float mins = 0;
-  alignas(32) int8_t w[kQK * 2];
-  for (int64_t i = 0; i < x.size() / kQKK; ++i) {
-    const Block& b = blocks[i];
-    const float d = fp16_to_float_fast(b.d), dmin = fp16_to_float_fast(b.dmin);
-    const int16_t* xq = x.q() + i * kQKK;
-    const float* xs = x.scale() + i * (kQKK / kQK);
-    const int32_t* xsum = x.block_sum() + i * (kQKK / kQK);
-    for (int pair = 0; pair < 4; ++pair) {
-      // A pair of sub-blocks shares 32 bytes: the first sub-block in the low nibbles.
-      int8_t* lo = w;
-      int8_t* hi = w + kQK;
-      split_nibbles(b.qs + 32 * pair, 0, lo, hi);
-      split_nibbles(b.qs + 32 * pair + 16, 0, lo + 16, hi + 16);
+HWY_INLINE float unpack_k_asymmetric(const Block& b, int16_t* w, float* block_min) {
+  const D16 d16;
+  const DU8 du8;
+  const hn::Rebind<uint16_t, DU8> du16;
+  const int lanes = static_cast<int>(hn::Lanes(du8));
+  const float dmin = fp16_to_float_fast(b.dmin);
+  for (int pair = 0; pair < 4; ++pair) {
+    uint8_t scale_lo, min_lo, scale_hi, min_hi;
+    k_scale_min(2 * pair, b.scales, scale_lo, min_lo);
+    k_scale_min(2 * pair + 1, b.scales, scale_hi, min_hi);
+    block_min[2 * pair] = -dmin * min_lo;
+    block_min[2 * pair + 1] = -dmin * min_hi;
+    // A pair of sub-blocks shares 32 bytes: the first sub-block in the low nibbles.
+    for (int i = 0; i < kQK; i += lanes) {
+      const auto bytes = hn::LoadU(du8, b.qs + 32 * pair + i);
+      auto lo = hn::And(bytes, hn::Set(du8, 0x0F));
+      auto hi = hn::ShiftRight<4>(bytes);
       if constexpr (kFiveBits) {
-        const uint8_t u1 = static_cast<uint8_t>(1 << (2 * pair)), u2 = static_cast<uint8_t>(2 << (2 * pair));
-        for (int l = 0; l < kQK; ++l) {
-          lo[l] = static_cast<int8_t>(lo[l] | ((b.qh[l] & u1) ? 16 : 0));
-          hi[l] = static_cast<int8_t>(hi[l] | ((b.qh[l] & u2) ? 16 : 0));
+        const auto h = hn::LoadU(du8, b.qh + i);
+        const auto sixteen = hn::Set(du8, 16);
+        lo = hn::Or(lo, hn::IfThenElseZero(hn::TestBit(h, hn::Set(du8, uint8_t(1 << (2 * pair)))), sixteen));
+        hi = hn::Or(hi, hn::IfThenElseZero(hn::TestBit(h, hn::Set(du8, uint8_t(2 << (2 * pair)))), sixteen));
+      }
+      hn::Store(hn::Mul(hn::BitCast(d16, hn::PromoteTo(du16, lo)), hn::Set(d16, scale_lo)), d16,
+                w + 64 * pair + i);
+      hn::Store(hn::Mul(hn::BitCast(d16, hn::PromoteTo(du16, hi)), hn::Set(d16, scale_hi)), d16,
+                w + 64 * pair + 32 + i);
+    }
+  }
+  return fp16_to_float_fast(b.d);
+}
+
+HWY_INLINE float unpack_q6_k(const BlockQ6_K& b, int16_t* w) {
+  // 6-bit values from 4 low bits (ql) and 2 high ones (qh), 32 at a time, minus 32, times the
+  // scale of their 16-value sub-block.
+  const D16 d16;
+  const DU8 du8;
+  const hn::Rebind<uint16_t, DU8> du16;
+  constexpr int kLanes = static_cast<int>(hn::MaxLanes(D16()));
+  const auto low4 = hn::Set(du8, 0x0F), low2 = hn::Set(du8, 0x03);
+  for (int n = 0; n < 2; ++n) {
+    const uint8_t* ql = b.ql + 64 * n;
+    const uint8_t* qh = b.qh + 32 * n;
+    const int8_t* sc = b.scales + 8 * n;
+    int16_t* out = w + 128 * n;
+    for (int l = 0; l < 32; l += kLanes) {
+      const auto l0 = hn::LoadU(du8, ql + l), l1 = hn::LoadU(du8, ql + l + 32);
+      const auto h = hn::LoadU(du8, qh + l);
+      const decltype(l0) q[4] = {
+          hn::Or(hn::And(l0, low4), hn::ShiftLeft<4>(hn::And(h, low2))),
+          hn::Or(hn::And(l1, low4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), low2))),
+          hn::Or(hn::ShiftRight<4>(l0), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), low2))),
+          hn::Or(hn::ShiftRight<4>(l1), hn::ShiftLeft<4>(hn::ShiftRight<6>(h)))};
+      for (int k = 0; k < 4; ++k) {
+        // Values 32k + l .. 32k + l + kLanes: sub-blocks 2k + l / 16 (and the next one).
+        const int s = 2 * k + l / 16;
+        hn::Vec<D16> scale;
+        if constexpr (kLanes == 32) {
+          const hn::Half<D16> dh;
+          scale = hn::Combine(d16, hn::Set(dh, sc[s + 1]), hn::Set(dh, sc[s]));
+        } else {
+          scale = hn::Set(d16, sc[s]);
+        }
+        const auto v = hn::Sub(hn::BitCast(d16, hn::PromoteTo(du16, q[k])), hn::Set(d16, 32));
+        hn::Store(hn::Mul(v, scale), d16, out + 32 * k + l);
+      }
+    }
+  }
+  return fp16_to_float_fast(b.d);
+}
+
+// Group `index` of a row of type T: values into w, minimums into block_min (asymmetric types
+// only); returns the group's scale d.
+template <TensorType T>
+HWY_INLINE float unpack_group(const uint8_t* row, int64_t index, int16_t* w, float* block_min) {
+  if constexpr (T == TensorType::Q8_0) {
+    const auto& b = reinterpret_cast<const BlockQ8_0*>(row)[index];
+    const D16 d16;
+    const D8 d8;
+    for (int i = 0; i < kQK; i += static_cast<int>(hn::Lanes(d16))) {
+      hn::Store(hn::PromoteTo(d16, hn::LoadU(d8, b.qs + i)), d16, w + i);
+    }
+    return fp16_to_float_fast(b.d);
+  } else if constexpr (T == TensorType::Q4_0) {
+    const auto& b = reinterpret_cast<const BlockQ4_0*>(row)[index];
+    unpack_nibbles<false>(b.qs, nullptr, 8, w);
+    return fp16_to_float_fast(b.d);
+  } else if constexpr (T == TensorType::Q4_1) {
+    const auto& b = reinterpret_cast<const BlockQ4_1*>(row)[index];
+    unpack_nibbles<false>(b.qs, nullptr, 0, w);
+    block_min[0] = fp16_to_float_fast(b.m);
+    return fp16_to_float_fast(b.d);
+  } else if constexpr (T == TensorType::Q5_0) {
+    const auto& b = reinterpret_cast<const BlockQ5_0*>(row)[index];
+    unpack_nibbles<true>(b.qs, b.qh, 16, w);
+    return fp16_to_float_fast(b.d);
+  } else if constexpr (T == TensorType::Q5_1) {
+    const auto& b = reinterpret_cast<const BlockQ5_1*>(row)[index];
+    unpack_nibbles<true>(b.qs, b.qh, 0, w);
+    block_min[0] = fp16_to_float_fast(b.m);
+    return fp16_to_float_fast(b.d);
+  } else if constexpr (T == TensorType::Q4_K) {
+    return unpack_k_asymmetric<false>(reinterpret_cast<const BlockQ4_K*>(row)[index], w, block_min);
+  } else if constexpr (T == TensorType::Q5_K) {
+    return unpack_k_asymmetric<true>(reinterpret_cast<const BlockQ5_K*>(row)[index], w, block_min);
+  } else {
+    static_assert(T == TensorType::Q6_K);
+    return unpack_q6_k(reinterpret_cast<const BlockQ6_K*>(row)[index], w);
+  }
+}
+
+template <TensorType T>
+constexpr int64_t kGroup = (T == TensorType::Q4_K || T == TensorType::Q5_K || T == TensorType::Q6_K) ? kQKK : kQK;
+
+// ---- Integer dot products of unpacked groups with prepared inputs --------------------------
+
+// The exact integer dot of `count` unpacked values with the quantized input.
+HWY_INLINE V32 group_int_dot(const int16_t* w, const int16_t* x, int64_t count) {
+  const D16 d16;
+  V32 sum = hn::Zero(D32());
+  for (int64_t i = 0; i < count; i += static_cast<int64_t>(hn::Lanes(d16))) {
+    sum = madd_accumulate(hn::Load(d16, w + i), hn::LoadU(d16, x + i), sum);
+  }
+  return sum;
+}
+
+// acc += d * dx * sum(w x): the integer sum scaled by the group's weight and input scales.
+HWY_INLINE VF32 scale_accumulate(V32 sum, float d_times_dx, VF32 acc) {
+  return hn::MulAdd(hn::ConvertTo(DF32(), sum), hn::Set(DF32(), d_times_dx), acc);
+}
+
+// The minimums' part of a group's dot: sum_b block_min[b] * dx * sum(x over block b).
+template <TensorType T>
+HWY_INLINE float group_min_dot(const float* block_min, const PreparedInput& x, int64_t g) {
+  float sum = 0;
+  for (int64_t b = 0; b < kGroup<T> / kQK; ++b) sum += block_min[b] * x.scaled_block_sum()[g * (kGroup<T> / kQK) + b];
+  return sum;
+}
+
+template <TensorType T>
+float dot_quantized(const uint8_t* row, const PreparedInput& x) {
+  constexpr int64_t kCount = kGroup<T>;
+  const int64_t groups = x.size() / kCount;
+  alignas(64) int16_t w0[kCount], w1[kCount];
+  float min0[kCount / kQK], min1[kCount / kQK];
+  // Two accumulators so consecutive groups do not wait on each other's multiply-add.
+  VF32 acc0 = hn::Zero(DF32()), acc1 = hn::Zero(DF32());
+  float mins = 0;
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    const float d0 = unpack_group<T>(row, g, w0, min0);
+    const float d1 = unpack_group<T>(row, g + 1, w1, min1);
+    acc0 = scale_accumulate(group_int_dot(w0, x.q() + g * kCount, kCount), d0 * x.scale()[g], acc0);
+    acc1 = scale_accumulate(group_int_dot(w1, x.q() + (g + 1) * kCount, kCount),
+                            d1 * x.scale()[g + 1], acc1);
+    if constexpr (is_asymmetric(T)) mins += group_min_dot<T>(min0, x, g) + group_min_dot<T>(min1, x, g + 1);
+  }
+  if (g < groups) {
+    const float d0 = unpack_group<T>(row, g, w0, min0);
+    acc0 = scale_accumulate(group_int_dot(w0, x.q() + g * kCount, kCount), d0 * x.scale()[g], acc0);
+    if constexpr (is_asymmetric(T)) mins += group_min_dot<T>(min0, x, g);
+  }
+  return reduce(hn::Add(acc0, acc1)) + mins;
+}
+
+// Prefill: rows are unpacked once per call and multiplied with kTile tokens at a time, so each
+// loaded weight vector serves several tokens and the tokens' accumulators are independent.
+constexpr int64_t kTile = 4;
+constexpr int64_t kRowBlock = 4;
+
+template <TensorType T>
+void matmul_quantized(const uint8_t* weights, size_t stride, const PreparedInput* xs,
+                      int64_t n_tokens, int64_t row_begin, int64_t row_end, float* y,
+                      int64_t ldy) {
+  constexpr int64_t kCount = kGroup<T>;
+  const D16 d16;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d16));
+  const int64_t n = xs[0].size();
+  const int64_t groups = n / kCount;
+  const int64_t blocks = n / kQK;
+  // kRowBlock unpacked rows: values, group scales, block minimums.
+  thread_local hwy::AlignedFreeUniquePtr<int16_t[]> values;
+  thread_local int64_t values_size = 0;
+  thread_local std::vector<float> scales, block_mins;
+  if (values_size < kRowBlock * n) {
+    values = hwy::AllocateAligned<int16_t>(static_cast<size_t>(kRowBlock * n));
+    values_size = kRowBlock * n;
+  }
+  if (static_cast<int64_t>(scales.size()) < kRowBlock * groups) scales.resize(kRowBlock * groups);
+  if (static_cast<int64_t>(block_mins.size()) < kRowBlock * blocks) block_mins.resize(kRowBlock * blocks);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, row_end - r0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t g = 0; g < groups; ++g) {
+        scales[r * groups + g] = unpack_group<T>(weights + (r0 + r) * stride, g,
+                                                 values.get() + r * n + g * kCount,
+                                                 block_mins.data() + r * blocks + g * (kCount / kQK));
+      }
+    }
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
+      const int64_t tokens = std::min(kTile, n_tokens - t0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int16_t* w = values.get() + r * n;
+        const float* d = scales.data() + r * groups;
+        float* out = y + r0 + r;
+        if (tokens == kTile) {
+          const PreparedInput &x0 = xs[t0], &x1 = xs[t0 + 1], &x2 = xs[t0 + 2], &x3 = xs[t0 + 3];
+          const float* bm = block_mins.data() + r * blocks;
+          VF32 acc0 = hn::Zero(DF32()), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+          // The minimums' part: 8-lane vectors per K-quant group, scalars per simple block.
+          const hn::CappedTag<float, 8> df8;
+          auto m0 = hn::Zero(df8), m1 = m0, m2 = m0, m3 = m0;
+          float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+          for (int64_t g = 0; g < groups; ++g) {
+            V32 s0 = hn::Zero(D32()), s1 = s0, s2 = s0, s3 = s0;
+            for (int64_t i = g * kCount; i < (g + 1) * kCount; i += lanes) {
+              const V16 wv = hn::Load(d16, w + i);
+              s0 = madd_accumulate(wv, hn::LoadU(d16, x0.q() + i), s0);
+              s1 = madd_accumulate(wv, hn::LoadU(d16, x1.q() + i), s1);
+              s2 = madd_accumulate(wv, hn::LoadU(d16, x2.q() + i), s2);
+              s3 = madd_accumulate(wv, hn::LoadU(d16, x3.q() + i), s3);
+            }
+            acc0 = scale_accumulate(s0, d[g] * x0.scale()[g], acc0);
+            acc1 = scale_accumulate(s1, d[g] * x1.scale()[g], acc1);
+            acc2 = scale_accumulate(s2, d[g] * x2.scale()[g], acc2);
+            acc3 = scale_accumulate(s3, d[g] * x3.scale()[g], acc3);
+            if constexpr (is_asymmetric(T) && kCount == kQKK) {
+              for (int64_t b = g * 8; b < g * 8 + 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
+                const auto vm = hn::LoadU(df8, bm + b);
+                m0 = hn::MulAdd(vm, hn::LoadU(df8, x0.scaled_block_sum() + b), m0);
+                m1 = hn::MulAdd(vm, hn::LoadU(df8, x1.scaled_block_sum() + b), m1);
+                m2 = hn::MulAdd(vm, hn::LoadU(df8, x2.scaled_block_sum() + b), m2);
+                m3 = hn::MulAdd(vm, hn::LoadU(df8, x3.scaled_block_sum() + b), m3);
+              }
+            } else if constexpr (is_asymmetric(T)) {
+              f0 += bm[g] * x0.scaled_block_sum()[g];
+              f1 += bm[g] * x1.scaled_block_sum()[g];
+              f2 += bm[g] * x2.scaled_block_sum()[g];
+              f3 += bm[g] * x3.scaled_block_sum()[g];
+            }
+          }
+          const auto sum8 = [&](decltype(m0) v) { return hn::GetLane(hn::SumOfLanes(df8, v)); };
+          out[t0 * ldy] = reduce(acc0) + f0 + (is_asymmetric(T) ? sum8(m0) : 0.0f);
+          out[(t0 + 1) * ldy] = reduce(acc1) + f1 + (is_asymmetric(T) ? sum8(m1) : 0.0f);
+          out[(t0 + 2) * ldy] = reduce(acc2) + f2 + (is_asymmetric(T) ? sum8(m2) : 0.0f);
+          out[(t0 + 3) * ldy] = reduce(acc3) + f3 + (is_asymmetric(T) ? sum8(m3) : 0.0f);
+        } else {
+          for (int64_t t = t0; t < t0 + tokens; ++t) {
+            VF32 acc = hn::Zero(DF32());
+            for (int64_t g = 0; g < groups; ++g) {
+              acc = scale_accumulate(group_int_dot(w + g * kCount, xs[t].q() + g * kCount, kCount),
+                                     d[g] * xs[t].scale()[g], acc);
+            }
+            float v = reduce(acc);
+            if constexpr (is_asymmetric(T)) {
+              v += dot_f32(block_mins.data() + r * blocks, xs[t].scaled_block_sum(), blocks);
+            }
+            out[t * ldy] = v;
+          }
         }
       }
-      for (int half = 0; half < 2; ++half) {
-        const int j = 2 * pair + half;
-        uint8_t scale, min;
-        k_scale_min(j, b.scales, scale, min);
-        acc = accumulate(acc, int_dot(half ? hi : lo, xq + kQK * j, kQK), d * scale * xs[j]);
-        mins += dmin * min * xs[j] * static_cast<float>(xsum[j]);
-      }
     }
   }
-  return reduce(acc) - mins;
-}
-
-float dot_q6_k(const void* row, const PreparedInput& x) {
-  const auto* blocks = static_cast<const BlockQ6_K*>(row);
-  VF32 acc = hn::Zero(DF32());
-  alignas(32) int8_t w[kQKK];
-  const hn::FixedTag<uint8_t, 16> du8;
-  const hn::FixedTag<int8_t, 16> di8;
-  const auto low4 = hn::Set(du8, 0x0F), low2 = hn::Set(du8, 0x03);
-  const auto off = hn::Set(di8, 32);
-  for (int64_t i = 0; i < x.size() / kQKK; ++i) {
-    const BlockQ6_K& b = blocks[i];
-    // Rebuild the 256 6-bit values (minus 32) with vector byte operations.
-    for (int n = 0; n < 2; ++n) {
-      const uint8_t* ql = b.ql + 64 * n;
-      const uint8_t* qh = b.qh + 32 * n;
-      int8_t* out = w + 128 * n;
-      for (int l = 0; l < 32; l += 16) {
-        const auto l0 = hn::LoadU(du8, ql + l), l1 = hn::LoadU(du8, ql + l + 32);
-        const auto h = hn::LoadU(du8, qh + l);
-        const auto q1 = hn::Or(hn::And(l0, low4), hn::ShiftLeft<4>(hn::And(h, low2)));
-        const auto q2 = hn::Or(hn::And(l1, low4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), low2)));
-        const auto q3 = hn::Or(hn::ShiftRight<4>(l0), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), low2)));
-        const auto q4 = hn::Or(hn::ShiftRight<4>(l1), hn::ShiftLeft<4>(hn::ShiftRight<6>(h)));
-        hn::StoreU(hn::Sub(hn::BitCast(di8, q1), off), di8, out + l);
-        hn::StoreU(hn::Sub(hn::BitCast(di8, q2), off), di8, out + l + 32);
-        hn::StoreU(hn::Sub(hn::BitCast(di8, q3), off), di8, out + l + 64);
-        hn::StoreU(hn::Sub(hn::BitCast(di8, q4), off), di8, out + l + 96);
-      }
-    }
-    const float d = fp16_to_float_fast(b.d);
-    const int16_t* xq = x.q() + i * kQKK;
-    const float* xs = x.scale() + i * (kQKK / kQK);
-    for (int s = 0; s < 16; ++s) {
-      acc = accumulate(acc, int_dot(w + 16 * s, xq + 16 * s, 16), d * b.scales[s] * xs[s / 2]);
-    }
-  }
-  return reduce(acc);
 }
 
 float dot_float_row(TensorType type, const void* row, const PreparedInput& x) {
@@ -223,6 +401,8 @@ float dot_float_row(TensorType type, const void* row, const PreparedInput& x) {
   return sum;
 }
 
+int64_t group_size(TensorType type) { return type_traits(type).block_size; }
+
 bool is_float_type(TensorType t) {
   return t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16;
 }
@@ -236,24 +416,41 @@ void PreparedInput::prepare(TensorType weight_type, const float* x, int64_t n) {
     values_.assign(x, x + n);
     return;
   }
-  if (n % kQK != 0) fail("cannot prepare an input of {} values: not a multiple of {}", n, kQK);
+  // One scale per group of the weight type: 32 values for the simple types, 256 for the
+  // K-quants (like llama.cpp's Q8_K), so a K-quant super-block sums in integers.
+  const int64_t group = group_size(weight_type);
+  if (n % group != 0) fail("cannot prepare an input of {} values: not a multiple of {}", n, group);
+  group_ = group;
   q_.resize(n);
-  scale_.resize(n / kQK);
+  scale_.resize(n / group);
   block_sum_.resize(n / kQK);
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    const float* v = x + b * kQK;
-    float amax = 0;
-    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::abs(v[j]));
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<int16_t, decltype(df)> di16;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t b = 0; b < n / group; ++b) {
+    const float* v = x + b * group;
+    int64_t j = 0;
+    auto vmax = hn::Zero(df);
+    for (; j + lanes <= group; j += lanes) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, v + j)));
+    float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    for (; j < group; ++j) amax = std::max(amax, std::abs(v[j]));
     const float d = amax / 127.0f;
     const float id = d > 0 ? 1.0f / d : 0.0f;
-    int32_t sum = 0;
-    for (int j = 0; j < kQK; ++j) {
-      const auto q = static_cast<int16_t>(std::lround(v[j] * id));
-      q_[b * kQK + j] = q;
-      sum += q;
+    // Round to nearest, ties to even, as llama.cpp quantizes its activations.
+    int16_t* q = q_.data() + b * group;
+    const auto vid = hn::Set(df, id);
+    for (j = 0; j + lanes <= group; j += lanes) {
+      hn::StoreU(hn::DemoteTo(di16, hn::NearestInt(hn::Mul(hn::LoadU(df, v + j), vid))), di16, q + j);
     }
+    for (; j < group; ++j) q[j] = static_cast<int16_t>(std::nearbyint(v[j] * id));
     scale_[b] = d;
+  }
+  scaled_block_sum_.resize(n / kQK);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    int32_t sum = 0;
+    for (int j = 0; j < kQK; ++j) sum += q_[b * kQK + j];
     block_sum_[b] = sum;
+    scaled_block_sum_[b] = scale_[b * kQK / group] * static_cast<float>(sum);
   }
 }
 
@@ -262,29 +459,57 @@ float dot(TensorType type, const void* row, const PreparedInput& x) {
     fail("internal error: input prepared for {} used with {} weights", type_name(x.weight_type()),
          type_name(type));
   }
+  const auto* bytes = static_cast<const uint8_t*>(row);
   switch (type) {
     case TensorType::F32:
     case TensorType::F16:
     case TensorType::BF16: return dot_float_row(type, row, x);
-    case TensorType::Q8_0: return dot_q8_0(row, x);
-    case TensorType::Q4_0: return dot_q4_0(row, x);
-    case TensorType::Q4_1: return dot_q4_1(row, x);
-    case TensorType::Q5_0: return dot_q5_0(row, x);
-    case TensorType::Q5_1: return dot_q5_1(row, x);
-    case TensorType::Q4_K: return dot_k_asymmetric<false, BlockQ4_K>(row, x);
-    case TensorType::Q5_K: return dot_k_asymmetric<true, BlockQ5_K>(row, x);
-    case TensorType::Q6_K: return dot_q6_k(row, x);
+    case TensorType::Q8_0: return dot_quantized<TensorType::Q8_0>(bytes, x);
+    case TensorType::Q4_0: return dot_quantized<TensorType::Q4_0>(bytes, x);
+    case TensorType::Q4_1: return dot_quantized<TensorType::Q4_1>(bytes, x);
+    case TensorType::Q5_0: return dot_quantized<TensorType::Q5_0>(bytes, x);
+    case TensorType::Q5_1: return dot_quantized<TensorType::Q5_1>(bytes, x);
+    case TensorType::Q4_K: return dot_quantized<TensorType::Q4_K>(bytes, x);
+    case TensorType::Q5_K: return dot_quantized<TensorType::Q5_K>(bytes, x);
+    case TensorType::Q6_K: return dot_quantized<TensorType::Q6_K>(bytes, x);
     default: fail("dot products of type {} are not supported yet", type_name(type));
   }
 }
 
 void matvec_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput& x,
                  int64_t row_begin, int64_t row_end, float* y) {
-  for (int64_t r = row_begin; r < row_end; ++r) y[r] = dot(type, weights + r * stride, x);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    // Decode is bound by memory latency: ask for the next row while this one is computed.
+    if (r + 1 < row_end) {
+      const uint8_t* next = weights + (r + 1) * stride;
+      for (size_t off = 0; off < stride; off += 64) __builtin_prefetch(next + off);
+    }
+    y[r] = dot(type, weights + r * stride, x);
+  }
 }
 
 void matmul_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput* xs,
                  int64_t n_tokens, int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  if (n_tokens > 0 && !is_float_type(type)) {
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      if (xs[t].weight_type() != type) fail("internal error: input prepared for another type");
+    }
+    switch (type) {
+#define FLASHLM_MATMUL(T) \
+  case TensorType::T: \
+    return matmul_quantized<TensorType::T>(weights, stride, xs, n_tokens, row_begin, row_end, y, ldy);
+      FLASHLM_MATMUL(Q8_0)
+      FLASHLM_MATMUL(Q4_0)
+      FLASHLM_MATMUL(Q4_1)
+      FLASHLM_MATMUL(Q5_0)
+      FLASHLM_MATMUL(Q5_1)
+      FLASHLM_MATMUL(Q4_K)
+      FLASHLM_MATMUL(Q5_K)
+      FLASHLM_MATMUL(Q6_K)
+#undef FLASHLM_MATMUL
+      default: fail("matrix products of type {} are not supported yet", type_name(type));
+    }
+  }
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint8_t* row = weights + r * stride;
     for (int64_t t = 0; t < n_tokens; ++t) y[t * ldy + r] = dot(type, row, xs[t]);

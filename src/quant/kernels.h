@@ -12,8 +12,8 @@
 namespace flashlm {
 
 // An activation vector prepared once for dot products with many rows of one weight type.
-// For quantized weights x is quantized to int8 in blocks of 32 (one float scale each, like
-// llama.cpp's Q8 activations), so the inner loops are integer multiply-adds; for float weights
+// For quantized weights x is quantized to int8 in groups of the weight type's block size (one
+// float scale each, like llama.cpp's Q8_0 and Q8_K activations), so the inner loops are integer multiply-adds; for float weights
 // x is kept as is.
 class PreparedInput {
  public:
@@ -21,18 +21,24 @@ class PreparedInput {
   int64_t size() const { return n_; }
   TensorType weight_type() const { return type_; }
 
-  // Quantized form: q[i] ~ x[i] / scale[i / 32]; block_sum[b] = sum of q over block b.
+  // Quantized form: q[i] ~ x[i] / scale[i / group()]; block_sum[b] = sum of q over the 32
+  // values of block b. group() is 32 for the simple types and 256 for the K-quants.
+  int64_t group() const { return group_; }
   const int16_t* q() const { return q_.data(); }
   const float* scale() const { return scale_.data(); }
   const int32_t* block_sum() const { return block_sum_.data(); }
+  // block_sum[b] times the scale of the group holding block b: sum of x over block b.
+  const float* scaled_block_sum() const { return scaled_block_sum_.data(); }
   const float* values() const { return values_.data(); }
 
  private:
   TensorType type_ = TensorType::F32;
   int64_t n_ = 0;
+  int64_t group_ = 32;
   std::vector<int16_t> q_;
   std::vector<float> scale_;
   std::vector<int32_t> block_sum_;
+  std::vector<float> scaled_block_sum_;
   std::vector<float> values_;
 };
 
