@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How close flashlm's I/O engine comes to the device's limit: fio and `flashlm probe` measure
-# O_DIRECT random reads on the same file, same request size and queue depth (fio: io_uring,
-# randread, time-based), one point at a time, and the table shows median MiB/s and the median
+# O_DIRECT random reads on the same file, same request size and queue depth (fio: io_uring
+# with registered buffers and file, as the probe reads, randread, time-based), one point at a time, and the table shows median MiB/s and the median
 # of probe/fio over the repeats. The target is a ratio within 10% of 1 at every point.
 # Usage:
 #   bench/probe_vs_fio.sh [FILE=build/probe.bin] [SIZE=1G] [SECONDS=2]
@@ -31,7 +31,8 @@ echo "file: $file ($size), $seconds s per point, $repeats repeat(s), probe backe
 
 run_fio() {
   fio --name=probe --filename="$file" --size="$size" --rw=randread --bs="$1" --iodepth="$2" \
-    --ioengine=io_uring --direct=1 --time_based --runtime="$seconds" --output-format=json \
+    --ioengine=io_uring --fixedbufs --registerfiles --direct=1 --time_based \
+    --runtime="$seconds" --output-format=json \
     >"$work/fio.json"
   jq '.jobs[0].read.bw_bytes / 1048576' "$work/fio.json"
 }

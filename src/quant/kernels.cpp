@@ -289,13 +289,73 @@ float dot_quantized(const uint8_t* row, const PreparedInput& x) {
 constexpr int64_t kTile = 4;
 constexpr int64_t kRowBlock = 4;
 
+// The micro-kernel: kRows unpacked rows times kTile tokens, all groups. Each step loads kRows
+// weight vectors and kTile input vectors for kRows * kTile multiply-adds.
+template <TensorType T, int kRows>
+HWY_INLINE void tile_dot(const int16_t* const* w, const float* const* d, const float* const* bm,
+                         const PreparedInput* xs, int64_t groups, float* const* out, int64_t ldy) {
+  constexpr int64_t kCount = kGroup<T>;
+  const D16 d16;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d16));
+  const hn::CappedTag<float, 8> df8;
+  VF32 acc[kRows][kTile];
+  hn::Vec<decltype(df8)> macc[kRows][kTile];
+  float facc[kRows][kTile];
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kTile; ++t) {
+      acc[r][t] = hn::Zero(DF32());
+      macc[r][t] = hn::Zero(df8);
+      facc[r][t] = 0;
+    }
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    V32 sum[kRows][kTile];
+    for (int r = 0; r < kRows; ++r) {
+      for (int t = 0; t < kTile; ++t) sum[r][t] = hn::Zero(D32());
+    }
+    for (int64_t i = g * kCount; i < (g + 1) * kCount; i += lanes) {
+      V16 wv[kRows];
+      for (int r = 0; r < kRows; ++r) wv[r] = hn::Load(d16, w[r] + i);
+      for (int t = 0; t < kTile; ++t) {
+        const V16 xv = hn::LoadU(d16, xs[t].q() + i);
+        for (int r = 0; r < kRows; ++r) sum[r][t] = madd_accumulate(wv[r], xv, sum[r][t]);
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      for (int t = 0; t < kTile; ++t) {
+        acc[r][t] = scale_accumulate(sum[r][t], d[r][g] * xs[t].scale()[g], acc[r][t]);
+      }
+    }
+    if constexpr (is_asymmetric(T) && kCount == kQKK) {
+      // The minimums' part: one 8-lane multiply-add per K-quant group.
+      for (int64_t b = g * 8; b < g * 8 + 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
+        for (int r = 0; r < kRows; ++r) {
+          const auto vm = hn::LoadU(df8, bm[r] + b);
+          for (int t = 0; t < kTile; ++t) {
+            macc[r][t] = hn::MulAdd(vm, hn::LoadU(df8, xs[t].scaled_block_sum() + b), macc[r][t]);
+          }
+        }
+      }
+    } else if constexpr (is_asymmetric(T)) {
+      for (int r = 0; r < kRows; ++r) {
+        for (int t = 0; t < kTile; ++t) facc[r][t] += bm[r][g] * xs[t].scaled_block_sum()[g];
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kTile; ++t) {
+      float v = reduce(acc[r][t]) + facc[r][t];
+      if constexpr (is_asymmetric(T) && kCount == kQKK) v += hn::GetLane(hn::SumOfLanes(df8, macc[r][t]));
+      out[r][t * ldy] = v;
+    }
+  }
+}
+
 template <TensorType T>
 void matmul_quantized(const uint8_t* weights, size_t stride, const PreparedInput* xs,
                       int64_t n_tokens, int64_t row_begin, int64_t row_end, float* y,
                       int64_t ldy) {
   constexpr int64_t kCount = kGroup<T>;
-  const D16 d16;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d16));
   const int64_t n = xs[0].size();
   const int64_t groups = n / kCount;
   const int64_t blocks = n / kQK;
@@ -320,64 +380,54 @@ void matmul_quantized(const uint8_t* weights, size_t stride, const PreparedInput
     }
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
       const int64_t tokens = std::min(kTile, n_tokens - t0);
+      if (tokens == kTile) {
+        int64_t r = 0;
+        // Four rows per pass where a group is long (K-quants): more reuse of each input vector.
+        // The simple types' one-step groups spend their time on the per-group float work, for
+        // which sixteen accumulators no longer fit the registers.
+        for (; kCount == kQKK && r + 4 <= rows; r += 4) {
+          const int16_t* w[4] = {values.get() + r * n, values.get() + (r + 1) * n,
+                                 values.get() + (r + 2) * n, values.get() + (r + 3) * n};
+          const float* d[4] = {scales.data() + r * groups, scales.data() + (r + 1) * groups,
+                               scales.data() + (r + 2) * groups, scales.data() + (r + 3) * groups};
+          const float* bm[4] = {block_mins.data() + r * blocks, block_mins.data() + (r + 1) * blocks,
+                                block_mins.data() + (r + 2) * blocks,
+                                block_mins.data() + (r + 3) * blocks};
+          float* out[4] = {y + t0 * ldy + r0 + r, y + t0 * ldy + r0 + r + 1,
+                           y + t0 * ldy + r0 + r + 2, y + t0 * ldy + r0 + r + 3};
+          tile_dot<T, 4>(w, d, bm, xs + t0, groups, out, ldy);
+        }
+        for (; r + 2 <= rows; r += 2) {
+          const int16_t* w[2] = {values.get() + r * n, values.get() + (r + 1) * n};
+          const float* d[2] = {scales.data() + r * groups, scales.data() + (r + 1) * groups};
+          const float* bm[2] = {block_mins.data() + r * blocks, block_mins.data() + (r + 1) * blocks};
+          float* out[2] = {y + t0 * ldy + r0 + r, y + t0 * ldy + r0 + r + 1};
+          tile_dot<T, 2>(w, d, bm, xs + t0, groups, out, ldy);
+        }
+        for (; r < rows; ++r) {
+          const int16_t* w[1] = {values.get() + r * n};
+          const float* d[1] = {scales.data() + r * groups};
+          const float* bm[1] = {block_mins.data() + r * blocks};
+          float* out[1] = {y + t0 * ldy + r0 + r};
+          tile_dot<T, 1>(w, d, bm, xs + t0, groups, out, ldy);
+        }
+        continue;
+      }
       for (int64_t r = 0; r < rows; ++r) {
         const int16_t* w = values.get() + r * n;
         const float* d = scales.data() + r * groups;
         float* out = y + r0 + r;
-        if (tokens == kTile) {
-          const PreparedInput &x0 = xs[t0], &x1 = xs[t0 + 1], &x2 = xs[t0 + 2], &x3 = xs[t0 + 3];
-          const float* bm = block_mins.data() + r * blocks;
-          VF32 acc0 = hn::Zero(DF32()), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-          // The minimums' part: 8-lane vectors per K-quant group, scalars per simple block.
-          const hn::CappedTag<float, 8> df8;
-          auto m0 = hn::Zero(df8), m1 = m0, m2 = m0, m3 = m0;
-          float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        for (int64_t t = t0; t < t0 + tokens; ++t) {
+          VF32 acc = hn::Zero(DF32());
           for (int64_t g = 0; g < groups; ++g) {
-            V32 s0 = hn::Zero(D32()), s1 = s0, s2 = s0, s3 = s0;
-            for (int64_t i = g * kCount; i < (g + 1) * kCount; i += lanes) {
-              const V16 wv = hn::Load(d16, w + i);
-              s0 = madd_accumulate(wv, hn::LoadU(d16, x0.q() + i), s0);
-              s1 = madd_accumulate(wv, hn::LoadU(d16, x1.q() + i), s1);
-              s2 = madd_accumulate(wv, hn::LoadU(d16, x2.q() + i), s2);
-              s3 = madd_accumulate(wv, hn::LoadU(d16, x3.q() + i), s3);
-            }
-            acc0 = scale_accumulate(s0, d[g] * x0.scale()[g], acc0);
-            acc1 = scale_accumulate(s1, d[g] * x1.scale()[g], acc1);
-            acc2 = scale_accumulate(s2, d[g] * x2.scale()[g], acc2);
-            acc3 = scale_accumulate(s3, d[g] * x3.scale()[g], acc3);
-            if constexpr (is_asymmetric(T) && kCount == kQKK) {
-              for (int64_t b = g * 8; b < g * 8 + 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
-                const auto vm = hn::LoadU(df8, bm + b);
-                m0 = hn::MulAdd(vm, hn::LoadU(df8, x0.scaled_block_sum() + b), m0);
-                m1 = hn::MulAdd(vm, hn::LoadU(df8, x1.scaled_block_sum() + b), m1);
-                m2 = hn::MulAdd(vm, hn::LoadU(df8, x2.scaled_block_sum() + b), m2);
-                m3 = hn::MulAdd(vm, hn::LoadU(df8, x3.scaled_block_sum() + b), m3);
-              }
-            } else if constexpr (is_asymmetric(T)) {
-              f0 += bm[g] * x0.scaled_block_sum()[g];
-              f1 += bm[g] * x1.scaled_block_sum()[g];
-              f2 += bm[g] * x2.scaled_block_sum()[g];
-              f3 += bm[g] * x3.scaled_block_sum()[g];
-            }
+            acc = scale_accumulate(group_int_dot(w + g * kCount, xs[t].q() + g * kCount, kCount),
+                                   d[g] * xs[t].scale()[g], acc);
           }
-          const auto sum8 = [&](decltype(m0) v) { return hn::GetLane(hn::SumOfLanes(df8, v)); };
-          out[t0 * ldy] = reduce(acc0) + f0 + (is_asymmetric(T) ? sum8(m0) : 0.0f);
-          out[(t0 + 1) * ldy] = reduce(acc1) + f1 + (is_asymmetric(T) ? sum8(m1) : 0.0f);
-          out[(t0 + 2) * ldy] = reduce(acc2) + f2 + (is_asymmetric(T) ? sum8(m2) : 0.0f);
-          out[(t0 + 3) * ldy] = reduce(acc3) + f3 + (is_asymmetric(T) ? sum8(m3) : 0.0f);
-        } else {
-          for (int64_t t = t0; t < t0 + tokens; ++t) {
-            VF32 acc = hn::Zero(DF32());
-            for (int64_t g = 0; g < groups; ++g) {
-              acc = scale_accumulate(group_int_dot(w + g * kCount, xs[t].q() + g * kCount, kCount),
-                                     d[g] * xs[t].scale()[g], acc);
-            }
-            float v = reduce(acc);
-            if constexpr (is_asymmetric(T)) {
-              v += dot_f32(block_mins.data() + r * blocks, xs[t].scaled_block_sum(), blocks);
-            }
-            out[t * ldy] = v;
+          float v = reduce(acc);
+          if constexpr (is_asymmetric(T)) {
+            v += dot_f32(block_mins.data() + r * blocks, xs[t].scaled_block_sum(), blocks);
           }
+          out[t * ldy] = v;
         }
       }
     }
