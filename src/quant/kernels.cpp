@@ -313,6 +313,7 @@ HWY_INLINE void tile_dot(const int16_t* const* w, const float* const* d, const f
     for (int r = 0; r < kRows; ++r) {
       for (int t = 0; t < kTile; ++t) sum[r][t] = hn::Zero(D32());
     }
+#pragma GCC unroll 8
     for (int64_t i = g * kCount; i < (g + 1) * kCount; i += lanes) {
       V16 wv[kRows];
       for (int r = 0; r < kRows; ++r) wv[r] = hn::Load(d16, w[r] + i);
