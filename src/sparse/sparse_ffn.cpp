@@ -74,7 +74,13 @@ void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x,
   pool_.parallel_for(slices, [&](int64_t first, int64_t last, int thread) {
     for (int64_t s = first; s < last; ++s) {
       float* acc = accumulators_[s].data();
-      for (int64_t i = n * s / slices; i < n * (s + 1) / slices; ++i) {
+      const int64_t end = n * (s + 1) / slices;
+      for (int64_t i = n * s / slices; i < end; ++i) {
+        // Bundles come from reads just landed in DRAM or from a cache larger than the CPU's:
+        // ask for the next one while this one is computed.
+        if (i + 1 < end) {
+          for (size_t off = 0; off < layout_.stride; off += 64) __builtin_prefetch(bundles[i + 1] + off);
+        }
         neuron(bundles[i], n_tokens, threshold, acc, down_rows_[thread]);
       }
     }
