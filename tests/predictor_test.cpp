@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <random>
 
@@ -16,6 +17,8 @@
 #include "gguf/gguf_writer.h"
 #include "sparse/calibrate.h"
 #include "sparse/predictor_training.h"
+#include "sparse/sparse_ffn.h"
+#include "sparse/windowed_ffn.h"
 #include "support/test_model.h"
 
 namespace flashlm {
@@ -242,6 +245,66 @@ TEST(SparseMode, UnderPredictingChangesTheOutput) {
   for (LayerPredictor& l : none.layers) l.decision = std::numeric_limits<float>::infinity();
   save_predictor(sparsity_file_for(m.flm), none);
   EXPECT_GT(max_abs_diff(logits_of(*m.model, "sparse"), logits_of(*m.model, "dense")), 1e-3);
+}
+
+// Asks for every other neuron only, as a predictor that misses half of them would.
+class EvenNeurons : public NeuronSelector {
+ public:
+  explicit EvenNeurons(int d_ff) : d_ff_(d_ff) {}
+  void select(int, const float*, int64_t, std::vector<int32_t>& active) override {
+    active.clear();
+    for (int i = 0; i < d_ff_; i += 2) active.push_back(i);
+  }
+
+ private:
+  int d_ff_;
+};
+
+// The even neurons' reads cover the whole layer (bundles are smaller than a page and the
+// planner reads through small holes), so with compute_read every neuron is computed: the
+// result equals the whole layer; without it, only the even neurons.
+TEST(SparseMode, NeuronsTheReadsBringInAreComputedToo) {
+  const SparseModel m = calibrated_model("read-neighbours");
+  const FlashModelFile& flm = *m.model->flash;
+  const int layer = 1, d = m.model->config.d_model, d_ff = flm.d_ff();
+  ThreadPool pool(2);
+  std::vector<uint8_t> bytes(flm.layers()[layer].bytes);
+  {
+    std::ifstream in(m.flm, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(flm.layers()[layer].offset));
+    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  std::vector<const uint8_t*> all, even;
+  for (int i = 0; i < d_ff; ++i) {
+    all.push_back(bytes.data() + i * flm.layout().stride);
+    if (i % 2 == 0) even.push_back(all.back());
+  }
+  SparseFfn reference(flm.layout(), m.model->config.activation, pool);
+  const auto x = testing::random_floats(d, 11);
+  std::vector<float> whole(d), evens(d);
+  reference.forward(all, x.data(), 1, whole.data(), 0.0f);
+  reference.forward(even, x.data(), 1, evens.data(), 0.0f);
+
+  MemoryPlan plan = plan_memory(flm, FfnMode::SparseOracle, ~uint64_t{0} / 4);
+  plan.cache_neurons_per_layer = 4;  // nearly nothing cached: everything is read
+  EvenNeurons selector(d_ff);
+  const std::vector<float> thresholds(flm.layers().size(), 0.0f);
+  for (bool compute_read : {true, false}) {
+    WindowedSparseFfn ffn(flm, m.model->config, plan, 1, thresholds, selector, IoBackend::Auto,
+                          PlannerSettings{}, pool);
+    ffn.set_compute_read(compute_read);
+    std::vector<float> got(d);
+    ffn.forward(layer, x.data(), 1, got.data());
+    const std::vector<float>& expected = compute_read ? whole : evens;
+    double diff = 0, gap = 0;
+    for (int i = 0; i < d; ++i) {
+      diff = std::max(diff, std::abs(double{got[i]} - expected[i]));
+      gap = std::max(gap, std::abs(double{whole[i]} - evens[i]));
+    }
+    EXPECT_LT(diff, 1e-4) << "compute_read " << compute_read;
+    EXPECT_GT(gap, 1e-2);  // the odd neurons matter, so the comparison has teeth
+    EXPECT_EQ(ffn.sparse_stats().neurons_read_extra, compute_read ? uint64_t(d_ff / 2) : 0u);
+  }
 }
 
 }  // namespace

@@ -58,6 +58,9 @@ void CommonOptions::add_flash(CLI::App& cmd) {
   cmd.add_flag("!--no-overlap", engine.overlap_io,
                "Sparse modes: wait for a layer's reads before computing (default: compute the "
                "cached neurons while the rest are read)");
+  cmd.add_flag("!--predicted-only", engine.compute_read,
+               "Sparse modes: compute only the predicted neurons (default: also every other "
+               "neuron whose bundle the layer's reads bring in, since its pages are read anyway)");
   cmd.add_option("--window", engine.window,
                  "Sparse modes: tokens a neuron stays in the DRAM cache after its last use")
       ->check(CLI::Range(1, 1024))

@@ -127,6 +127,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
               : load_device_profile(options.device_profile).planner,
           pool_);
       sparse_ffn_->set_overlap(options.overlap_io);
+      sparse_ffn_->set_compute_read(options.compute_read);
       ffn = sparse_ffn_.get();
     }
   }

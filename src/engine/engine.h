@@ -34,6 +34,9 @@ struct EngineOptions {
   std::string device_profile;
   // sparse modes: compute the cached neurons while the others are read (false: read first)
   bool overlap_io = true;
+  // Sparse modes: also compute the neurons that a layer's reads bring in besides the
+  // predicted ones (their pages are read anyway); off = only the predicted neurons.
+  bool compute_read = true;
   // sparse mode: also run the oracle beside the predictor to measure its recall and precision
   // (needs a dense copy of the FFN outside the budget: a measuring instrument for bench)
   bool measure_predictor = false;

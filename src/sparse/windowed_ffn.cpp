@@ -40,6 +40,39 @@ void WindowedSparseFfn::reset_stats() {
   sparse_stats_ = {};
 }
 
+void WindowedSparseFfn::add_read_neighbours(const ReadPlan& plan, uint64_t layer_offset,
+                                            size_t stride) {
+  // The reads of one run are consecutive in the file and in the staging buffer; a neuron
+  // counts when its whole bundle lies inside a run. to_read_ and ready_ (sorted) are already
+  // being computed.
+  const uint8_t* staged = staging_.data();
+  const int64_t d_ff = file_.d_ff();
+  size_t k = 0;
+  while (k < plan.reads.size()) {
+    const uint64_t begin = plan.reads[k].offset;
+    const uint64_t buffer_begin = plan.reads[k].buffer_offset;
+    uint64_t end = begin + plan.reads[k].length;
+    for (++k; k < plan.reads.size() && plan.reads[k].offset == end &&
+              plan.reads[k].buffer_offset == buffer_begin + (end - begin);
+         ++k) {
+      end += plan.reads[k].length;
+    }
+    const uint64_t from = begin > layer_offset ? begin - layer_offset : 0;
+    const int64_t first = static_cast<int64_t>((from + stride - 1) / stride);
+    const int64_t last = std::min<int64_t>(
+        d_ff, end > layer_offset ? static_cast<int64_t>((end - layer_offset) / stride) : 0);
+    for (int64_t n = first; n < last; ++n) {
+      const auto id = static_cast<int32_t>(n);
+      if (std::binary_search(to_read_.begin(), to_read_.end(), id) ||
+          std::binary_search(ready_.begin(), ready_.end(), id)) {
+        continue;
+      }
+      bundles_.push_back(staged + buffer_begin + (layer_offset + n * stride - begin));
+      ++sparse_stats_.neurons_read_extra;
+    }
+  }
+}
+
 void WindowedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, float* out) {
   const FlmLayer& l = file_.layers()[layer];
   const size_t stride = file_.layout().stride;
@@ -106,6 +139,7 @@ void WindowedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, flo
       }
       bundles_.push_back(bundle);
     }
+    if (compute_read_) add_read_neighbours(plan, l.offset, stride);
     stats_.memory_seconds += seconds_since(start);
 
     // 6. The FFN over the neurons just read, added to the rest.

@@ -31,6 +31,7 @@ struct SparseStats {
   double select_seconds = 0;  // predictor (or oracle) time
   uint64_t neurons_active = 0;
   uint64_t neurons_loaded = 0;
+  uint64_t neurons_read_extra = 0;  // computed because a read brought them in, not predicted
   uint64_t cache_hits = 0;
   uint64_t layer_steps = 0;  // (layer, token) pairs
 };
@@ -52,8 +53,16 @@ class WindowedSparseFfn : public FeedForward {
   // Overlap (default): compute the cached neurons while the reads of the others are in
   // flight. Off: wait for the reads first, as the paper does (to measure what overlap buys).
   void set_overlap(bool overlap) { overlap_ = overlap; }
+  // On (default): besides the predicted neurons, compute every neuron whose whole bundle the
+  // layer's reads bring in (reads are whole pages, coalesced through small holes, so they
+  // carry neighbours): a predictor's miss next to a read neuron costs nothing.
+  void set_compute_read(bool on) { compute_read_ = on; }
 
  private:
+  // Appends to bundles_ the staged bundles of neurons the reads of `plan` carry whole that
+  // are not computed otherwise.
+  void add_read_neighbours(const ReadPlan& plan, uint64_t layer_offset, size_t stride);
+
   const FlashModelFile& file_;
   const MemoryPlan plan_;
   std::vector<float> thresholds_;
@@ -65,6 +74,7 @@ class WindowedSparseFfn : public FeedForward {
   AlignedBuffer staging_;
   int64_t step_ = 0;
   bool overlap_ = true;
+  bool compute_read_ = true;
   std::vector<int32_t> active_, to_load_, uncached_, to_read_, ready_;
   std::vector<ReadRequest> requests_;
   std::vector<float> loaded_out_;
