@@ -8,12 +8,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <numeric>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "common/text_file.h"
 #include "engine/model.h"
 #include "flash/flash_layout.h"
 #include "gguf/gguf.h"
@@ -21,14 +20,6 @@
 #include "sparse/sparsity.h"
 
 namespace {
-
-std::string read_text(const char* path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error(std::string("cannot read ") + path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 // Marks the pages that bundle `slot` (of `stride` bytes) overlaps.
 void touch(std::vector<char>& pages, size_t slot, size_t stride) {
@@ -55,7 +46,7 @@ int main(int argc, char** argv) try {
   const size_t stride = model->flash->layout().stride;
 
   std::vector<std::vector<double>> frequency(layers, std::vector<double>(d_ff));
-  run_calibration_text(*model, read_text(argv[2]), options,
+  run_calibration_text(*model, read_text_file(argv[2], "calibration text"), options,
                        [&](int l, const float*, const float* a) {
                          for (int i = 0; i < d_ff; ++i) frequency[l][i] += std::abs(a[i]) > thresholds[l];
                        },
@@ -77,7 +68,7 @@ int main(int argc, char** argv) try {
   const size_t n_pages = (d_ff * stride + 4095) / 4096;
   double pages_file = 0, pages_hot = 0, pages_total = 0, active = 0, steps = 0;
   std::vector<char> file_order, hot_first;
-  run_calibration_text(*model, read_text(argv[3]), options,
+  run_calibration_text(*model, read_text_file(argv[3], "evaluation text"), options,
                        [&](int l, const float*, const float* a) {
                          file_order.assign(n_pages, 0);
                          hot_first.assign(n_pages, 0);

@@ -16,23 +16,10 @@
 namespace flashlm {
 namespace {
 
+using gguf_bytes::put;
+using gguf_bytes::put_bytes;
+using gguf_bytes::put_string;
 using testing::temp_path;
-
-void put_bytes(std::vector<uint8_t>& out, const void* data, size_t size) {
-  const size_t at = out.size();
-  out.resize(at + size);
-  std::memcpy(out.data() + at, data, size);
-}
-
-template <typename T>
-void put(std::vector<uint8_t>& out, T value) {
-  put_bytes(out, &value, sizeof(T));
-}
-
-void put_string(std::vector<uint8_t>& out, const std::string& s) {
-  put<uint64_t>(out, s.size());
-  put_bytes(out, s.data(), s.size());
-}
 
 std::string write_bytes(const std::string& name, const std::vector<uint8_t>& bytes) {
   const std::string path = temp_path(name);

@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/text_file.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "sampling/sampler.h"
@@ -139,13 +140,7 @@ void bench(const BenchOptions& o) {
   std::string text =
       "It is a truth universally acknowledged, that a single man in possession of a good "
       "fortune, must be in want of a wife.";
-  if (!o.text_file.empty()) {
-    std::ifstream in(o.text_file, std::ios::binary);
-    if (!in) fail("cannot read text file '{}'", o.text_file);
-    std::stringstream s;
-    s << in.rdbuf();
-    text = s.str();
-  }
+  if (!o.text_file.empty()) text = read_text_file(o.text_file, "text file");
   std::vector<int32_t> prompt = model->tokenizer.encode(text, model->tokenizer.add_bos(), false);
   if (static_cast<int>(prompt.size()) < o.prompt_tokens) {
     fail("the text gives only {} tokens, fewer than the {} prompt tokens asked for; pass a longer "

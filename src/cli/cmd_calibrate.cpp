@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "common/error.h"
+#include "common/text_file.h"
 #include "engine/model.h"
 #include "gguf/gguf_writer.h"
 #include "sparse/calibrate.h"
@@ -33,9 +34,7 @@ void register_calibrate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("-t,--threads", o->calibration.threads, "Worker threads (default: all cores)");
   cmd->callback([o] {
-    std::ifstream in(o->text, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
+    const std::string text = read_text_file(o->text, "calibration text");
     o->calibration.levels.clear();
     std::stringstream levels(o->levels);
     for (std::string item; std::getline(levels, item, ',');) {
@@ -48,7 +47,7 @@ void register_calibrate_command(CLI::App& app) {
     auto model = Model::load(o->model);
     ProgressBar bar("calibrating");
     const SparsityProfile profile =
-        calibrate_thresholds(*model, text.str(), o->calibration,
+        calibrate_thresholds(*model, text, o->calibration,
                              [&](int done, int total) { bar.update(done, total); });
     const std::string output = o->output.empty() ? sparsity_file_for(o->model) : o->output;
     GgufWriter writer;

@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
+#include "common/text_file.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/perplexity.h"
@@ -25,17 +26,14 @@ struct PerplexityOptions {
 };
 
 void perplexity(const PerplexityOptions& o) {
-  std::ifstream in(o.text_file, std::ios::binary);
-  if (!in) fail("cannot read text file '{}'", o.text_file);
-  std::stringstream s;
-  s << in.rdbuf();
+  const std::string text = read_text_file(o.text_file, "text file");
   auto model = Model::load(o.common.model_path);
   EngineOptions options = o.common.engine_options();
   options.max_batch = o.batch;
   Engine engine(*model, options);
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   const PerplexityResult r = evaluate_perplexity(
-      engine.transformer(), model->tokenizer, s.str(), options.context_size, o.max_chunks,
+      engine.transformer(), model->tokenizer, text, options.context_size, o.max_chunks,
       [](int chunk, int chunks, double ppl) {
         std::fprintf(stderr, "\rchunk %d/%d: perplexity so far %.4f", chunk, chunks, ppl);
       });

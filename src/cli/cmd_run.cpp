@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
+#include "common/text_file.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "engine/model.h"
@@ -25,16 +26,8 @@ struct RunOptions {
   std::string system;
 };
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read prompt file '{}'", path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 void run(RunOptions& o) {
-  if (!o.prompt_file.empty()) o.prompt = read_text_file(o.prompt_file);
+  if (!o.prompt_file.empty()) o.prompt = read_text_file(o.prompt_file, "prompt file");
   if (!o.seed_given) {
     o.sampling.seed = static_cast<uint64_t>(
         std::chrono::steady_clock::now().time_since_epoch().count());

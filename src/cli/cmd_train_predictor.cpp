@@ -11,6 +11,7 @@
 #include "cli/progress.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
+#include "common/text_file.h"
 #include "engine/model.h"
 #include "gguf/gguf.h"
 #include "sparse/predictor_training.h"
@@ -68,9 +69,7 @@ void register_train_predictor_command(CLI::App& app) {
   cmd->add_option("-t,--threads", o->calibration.threads, "Worker threads (default: all cores)");
   cmd->callback([o] {
     using Clock = std::chrono::steady_clock;
-    std::ifstream in(o->text, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
+    const std::string text = read_text_file(o->text, "calibration text");
     auto model = Model::load(o->model);
     const ModelConfig& c = model->config;
     const std::string path = o->sparse_file.empty() ? sparsity_file_for(o->model) : o->sparse_file;
@@ -91,7 +90,7 @@ void register_train_predictor_command(CLI::App& app) {
     std::vector<PredictorSamples> samples;
     {
       ProgressBar bar("running the dense model");
-      samples = collect_predictor_samples(*model, text.str(), o->calibration, thresholds,
+      samples = collect_predictor_samples(*model, text, o->calibration, thresholds,
                                           [&](int done, int total) { bar.update(done, total); });
     }
     const double collect_seconds = std::chrono::duration<double>(Clock::now() - start).count();

@@ -6,7 +6,8 @@
 #include "common/error.h"
 
 namespace flashlm {
-namespace {
+
+namespace gguf_bytes {
 
 void put_bytes(std::vector<uint8_t>& out, const void* data, size_t size) {
   const size_t at = out.size();
@@ -14,15 +15,18 @@ void put_bytes(std::vector<uint8_t>& out, const void* data, size_t size) {
   if (size > 0) std::memcpy(out.data() + at, data, size);
 }
 
-template <typename T>
-void put(std::vector<uint8_t>& out, T value) {
-  put_bytes(out, &value, sizeof(T));
-}
-
 void put_string(std::vector<uint8_t>& out, const std::string& s) {
   put<uint64_t>(out, s.size());
   put_bytes(out, s.data(), s.size());
 }
+
+}  // namespace gguf_bytes
+
+namespace {
+
+using gguf_bytes::put;
+using gguf_bytes::put_bytes;
+using gguf_bytes::put_string;
 
 void put_value(std::vector<uint8_t>& out, const GgufValue& v) {
   switch (v.type) {

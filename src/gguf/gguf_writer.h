@@ -12,6 +12,19 @@
 
 namespace flashlm {
 
+// The GGUF encoding of raw values, appended to a byte buffer (little-endian, as this machine
+// stores them): what GgufWriter is made of, and what tests use to build files it would refuse
+// to write.
+namespace gguf_bytes {
+void put_bytes(std::vector<uint8_t>& out, const void* data, size_t size);
+template <typename T>
+void put(std::vector<uint8_t>& out, T value) {
+  put_bytes(out, &value, sizeof(T));
+}
+// A GGUF string: uint64 length, then the bytes.
+void put_string(std::vector<uint8_t>& out, const std::string& s);
+}  // namespace gguf_bytes
+
 class GgufWriter {
  public:
   void add_string(const std::string& key, const std::string& value);

@@ -289,41 +289,60 @@ float dot_quantized(const uint8_t* row, const PreparedInput& x) {
 constexpr int64_t kTile = 4;
 constexpr int64_t kRowBlock = 4;
 
-// The micro-kernel: kRows unpacked rows times kTile tokens, all groups. Each step loads kRows
-// weight vectors and kTile input vectors for kRows * kTile multiply-adds.
-template <TensorType T, int kRows>
-HWY_INLINE void tile_dot(const int16_t* const* w, const float* const* d, const float* const* bm,
-                         const PreparedInput* xs, int64_t groups, float* const* out, int64_t ldy) {
+// The micro-kernel: kRows unpacked rows times kTokens tokens, all groups. Each step loads
+// kRows weight vectors and kTokens input vectors for kRows * kTokens multiply-adds.
+// kRowBlock rows unpacked for prefill, row after row: values, group scales, block minimums.
+struct UnpackedRows {
+  const int16_t* values;
+  const float* scales;
+  const float* mins;
+  int64_t n, groups, blocks;  // per row
+};
+
+// Rows first..first+kRows of `rows` times tokens xs[0..kTokens); out[t * ldy + r] gets row
+// first + r, token t.
+template <TensorType T, int kRows, int kTokens = kTile>
+HWY_INLINE void tile_dot(const UnpackedRows& rows, int64_t first, const PreparedInput* xs,
+                         float* out, int64_t ldy) {
   constexpr int64_t kCount = kGroup<T>;
+  const int64_t groups = rows.groups;
+  const int16_t* w[kRows];
+  const float* d[kRows];
+  const float* bm[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    w[r] = rows.values + (first + r) * rows.n;
+    d[r] = rows.scales + (first + r) * rows.groups;
+    bm[r] = rows.mins + (first + r) * rows.blocks;
+  }
   const D16 d16;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d16));
   const hn::CappedTag<float, 8> df8;
-  VF32 acc[kRows][kTile];
-  hn::Vec<decltype(df8)> macc[kRows][kTile];
-  float facc[kRows][kTile];
+  VF32 acc[kRows][kTokens];
+  hn::Vec<decltype(df8)> macc[kRows][kTokens];
+  float facc[kRows][kTokens];
   for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kTile; ++t) {
+    for (int t = 0; t < kTokens; ++t) {
       acc[r][t] = hn::Zero(DF32());
       macc[r][t] = hn::Zero(df8);
       facc[r][t] = 0;
     }
   }
   for (int64_t g = 0; g < groups; ++g) {
-    V32 sum[kRows][kTile];
+    V32 sum[kRows][kTokens];
     for (int r = 0; r < kRows; ++r) {
-      for (int t = 0; t < kTile; ++t) sum[r][t] = hn::Zero(D32());
+      for (int t = 0; t < kTokens; ++t) sum[r][t] = hn::Zero(D32());
     }
 #pragma GCC unroll 8
     for (int64_t i = g * kCount; i < (g + 1) * kCount; i += lanes) {
       V16 wv[kRows];
       for (int r = 0; r < kRows; ++r) wv[r] = hn::Load(d16, w[r] + i);
-      for (int t = 0; t < kTile; ++t) {
+      for (int t = 0; t < kTokens; ++t) {
         const V16 xv = hn::LoadU(d16, xs[t].q() + i);
         for (int r = 0; r < kRows; ++r) sum[r][t] = madd_accumulate(wv[r], xv, sum[r][t]);
       }
     }
     for (int r = 0; r < kRows; ++r) {
-      for (int t = 0; t < kTile; ++t) {
+      for (int t = 0; t < kTokens; ++t) {
         acc[r][t] = scale_accumulate(sum[r][t], d[r][g] * xs[t].scale()[g], acc[r][t]);
       }
     }
@@ -332,22 +351,22 @@ HWY_INLINE void tile_dot(const int16_t* const* w, const float* const* d, const f
       for (int64_t b = g * 8; b < g * 8 + 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
         for (int r = 0; r < kRows; ++r) {
           const auto vm = hn::LoadU(df8, bm[r] + b);
-          for (int t = 0; t < kTile; ++t) {
+          for (int t = 0; t < kTokens; ++t) {
             macc[r][t] = hn::MulAdd(vm, hn::LoadU(df8, xs[t].scaled_block_sum() + b), macc[r][t]);
           }
         }
       }
     } else if constexpr (is_asymmetric(T)) {
       for (int r = 0; r < kRows; ++r) {
-        for (int t = 0; t < kTile; ++t) facc[r][t] += bm[r][g] * xs[t].scaled_block_sum()[g];
+        for (int t = 0; t < kTokens; ++t) facc[r][t] += bm[r][g] * xs[t].scaled_block_sum()[g];
       }
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kTile; ++t) {
+    for (int t = 0; t < kTokens; ++t) {
       float v = reduce(acc[r][t]) + facc[r][t];
       if constexpr (is_asymmetric(T) && kCount == kQKK) v += hn::GetLane(hn::SumOfLanes(df8, macc[r][t]));
-      out[r][t * ldy] = v;
+      out[t * ldy + r] = v;
     }
   }
 }
@@ -379,58 +398,23 @@ void matmul_quantized(const uint8_t* weights, size_t stride, const PreparedInput
                                                  block_mins.data() + r * blocks + g * (kCount / kQK));
       }
     }
+    const UnpackedRows unpacked{values.get(), scales.data(), block_mins.data(), n, groups, blocks};
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
-      const int64_t tokens = std::min(kTile, n_tokens - t0);
-      if (tokens == kTile) {
-        int64_t r = 0;
-        // Four rows per pass where a group is long (K-quants): more reuse of each input vector.
-        // The simple types' one-step groups spend their time on the per-group float work, for
-        // which sixteen accumulators no longer fit the registers.
-        for (; kCount == kQKK && r + 4 <= rows; r += 4) {
-          const int16_t* w[4] = {values.get() + r * n, values.get() + (r + 1) * n,
-                                 values.get() + (r + 2) * n, values.get() + (r + 3) * n};
-          const float* d[4] = {scales.data() + r * groups, scales.data() + (r + 1) * groups,
-                               scales.data() + (r + 2) * groups, scales.data() + (r + 3) * groups};
-          const float* bm[4] = {block_mins.data() + r * blocks, block_mins.data() + (r + 1) * blocks,
-                                block_mins.data() + (r + 2) * blocks,
-                                block_mins.data() + (r + 3) * blocks};
-          float* out[4] = {y + t0 * ldy + r0 + r, y + t0 * ldy + r0 + r + 1,
-                           y + t0 * ldy + r0 + r + 2, y + t0 * ldy + r0 + r + 3};
-          tile_dot<T, 4>(w, d, bm, xs + t0, groups, out, ldy);
-        }
-        for (; r + 2 <= rows; r += 2) {
-          const int16_t* w[2] = {values.get() + r * n, values.get() + (r + 1) * n};
-          const float* d[2] = {scales.data() + r * groups, scales.data() + (r + 1) * groups};
-          const float* bm[2] = {block_mins.data() + r * blocks, block_mins.data() + (r + 1) * blocks};
-          float* out[2] = {y + t0 * ldy + r0 + r, y + t0 * ldy + r0 + r + 1};
-          tile_dot<T, 2>(w, d, bm, xs + t0, groups, out, ldy);
-        }
-        for (; r < rows; ++r) {
-          const int16_t* w[1] = {values.get() + r * n};
-          const float* d[1] = {scales.data() + r * groups};
-          const float* bm[1] = {block_mins.data() + r * blocks};
-          float* out[1] = {y + t0 * ldy + r0 + r};
-          tile_dot<T, 1>(w, d, bm, xs + t0, groups, out, ldy);
+      float* out = y + t0 * ldy + r0;
+      if (n_tokens - t0 < kTile) {
+        // The last tokens of the batch, fewer than a tile: one row and one token at a time.
+        for (int64_t t = 0; t < n_tokens - t0; ++t) {
+          for (int64_t r = 0; r < rows; ++r) tile_dot<T, 1, 1>(unpacked, r, xs + t0 + t, out + t * ldy + r, ldy);
         }
         continue;
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        const int16_t* w = values.get() + r * n;
-        const float* d = scales.data() + r * groups;
-        float* out = y + r0 + r;
-        for (int64_t t = t0; t < t0 + tokens; ++t) {
-          VF32 acc = hn::Zero(DF32());
-          for (int64_t g = 0; g < groups; ++g) {
-            acc = scale_accumulate(group_int_dot(w + g * kCount, xs[t].q() + g * kCount, kCount),
-                                   d[g] * xs[t].scale()[g], acc);
-          }
-          float v = reduce(acc);
-          if constexpr (is_asymmetric(T)) {
-            v += dot_f32(block_mins.data() + r * blocks, xs[t].scaled_block_sum(), blocks);
-          }
-          out[t * ldy] = v;
-        }
-      }
+      int64_t r = 0;
+      // Four rows per pass where a group is long (K-quants): more reuse of each input vector.
+      // The simple types' one-step groups spend their time on the per-group float work, for
+      // which sixteen accumulators no longer fit the registers.
+      for (; kCount == kQKK && r + 4 <= rows; r += 4) tile_dot<T, 4>(unpacked, r, xs + t0, out + r, ldy);
+      for (; r + 2 <= rows; r += 2) tile_dot<T, 2>(unpacked, r, xs + t0, out + r, ldy);
+      for (; r < rows; ++r) tile_dot<T, 1>(unpacked, r, xs + t0, out + r, ldy);
     }
   }
 }
@@ -474,7 +458,6 @@ void PreparedInput::prepare(TensorType weight_type, const float* x, int64_t n) {
   group_ = group;
   q_.resize(n);
   scale_.resize(n / group);
-  block_sum_.resize(n / kQK);
   const hn::ScalableTag<float> df;
   const hn::Rebind<int16_t, decltype(df)> di16;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
@@ -500,7 +483,6 @@ void PreparedInput::prepare(TensorType weight_type, const float* x, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b) {
     int32_t sum = 0;
     for (int j = 0; j < kQK; ++j) sum += q_[b * kQK + j];
-    block_sum_[b] = sum;
     scaled_block_sum_[b] = scale_[b * kQK / group] * static_cast<float>(sum);
   }
 }
@@ -531,10 +513,7 @@ void matvec_rows(TensorType type, const uint8_t* weights, size_t stride, const P
                  int64_t row_begin, int64_t row_end, float* y) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     // Decode is bound by memory latency: ask for the next row while this one is computed.
-    if (r + 1 < row_end) {
-      const uint8_t* next = weights + (r + 1) * stride;
-      for (size_t off = 0; off < stride; off += 64) __builtin_prefetch(next + off);
-    }
+    if (r + 1 < row_end) prefetch(weights + (r + 1) * stride, stride);
     y[r] = dot(type, weights + r * stride, x);
   }
 }

@@ -21,13 +21,12 @@ class PreparedInput {
   int64_t size() const { return n_; }
   TensorType weight_type() const { return type_; }
 
-  // Quantized form: q[i] ~ x[i] / scale[i / group()]; block_sum[b] = sum of q over the 32
-  // values of block b. group() is 32 for the simple types and 256 for the K-quants.
+  // Quantized form: q[i] ~ x[i] / scale[i / group()]; group() is 32 for the simple types and
+  // 256 for the K-quants.
   int64_t group() const { return group_; }
   const int16_t* q() const { return q_.data(); }
   const float* scale() const { return scale_.data(); }
-  const int32_t* block_sum() const { return block_sum_.data(); }
-  // block_sum[b] times the scale of the group holding block b: sum of x over block b.
+  // Sum of the quantized x over the 32 values of block b, times its group's scale.
   const float* scaled_block_sum() const { return scaled_block_sum_.data(); }
   const float* values() const { return values_.data(); }
 
@@ -37,7 +36,6 @@ class PreparedInput {
   int64_t group_ = 32;
   std::vector<int16_t> q_;
   std::vector<float> scale_;
-  std::vector<int32_t> block_sum_;
   std::vector<float> scaled_block_sum_;
   std::vector<float> values_;
 };
@@ -57,6 +55,11 @@ void dequantize_row(TensorType type, const void* src, float* dst, int64_t n);
 void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n);
 
 float dot_f32(const float* a, const float* b, int64_t n);
+// Asks the CPU to start loading [data, data + bytes) into its caches; weights streamed from
+// DRAM are latency-bound otherwise.
+inline void prefetch(const void* data, size_t bytes) {
+  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(static_cast<const uint8_t*>(data) + off);
+}
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void scale_f32(float* x, float a, int64_t n);
 

@@ -78,9 +78,7 @@ void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x,
       for (int64_t i = n * s / slices; i < end; ++i) {
         // Bundles come from reads just landed in DRAM or from a cache larger than the CPU's:
         // ask for the next one while this one is computed.
-        if (i + 1 < end) {
-          for (size_t off = 0; off < layout_.stride; off += 64) __builtin_prefetch(bundles[i + 1] + off);
-        }
+        if (i + 1 < end) prefetch(bundles[i + 1], layout_.stride);
         neuron(bundles[i], n_tokens, threshold, acc, down_rows_[thread]);
       }
     }
