@@ -138,8 +138,7 @@ class IoEngine::Queue {
 namespace {
 
 // io_uring: one ring whose submission queue is as deep as the engine's queue depth, driven by
-// the caller's thread (each wait() round trip submits new reads and reaps completions in one
-// system call).
+// the caller's thread, which refills each slot as its read completes.
 class UringQueue final : public IoEngine::Queue {
  public:
   UringQueue(IoEngine& engine, unsigned depth) : Queue(engine), slots_(depth) {
@@ -169,21 +168,30 @@ class UringQueue final : public IoEngine::Queue {
     while (in_flight_ > 0) {
       const int ret = io_uring_submit_and_wait(&ring_, 1);
       if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) break;
-      reap();
+      io_uring_cqe* cqe = nullptr;
+      while (io_uring_peek_cqe(&ring_, &cqe) == 0) complete(cqe);
     }
     io_uring_queue_exit(&ring_);
   }
 
   void submit(std::span<const ReadRequest> requests) override {
     for (const ReadRequest& r : requests) waiting_.push_back({r});
-    if (prepare() > 0) check(io_uring_submit(&ring_), "submit");
+    prepare();
+    submit_prepared();
   }
 
+  // Each completion's slot is refilled and submitted at once, one read per system call, as fio
+  // does. Refilling a burst of freed slots in one submission lets the device's queue drain
+  // between bursts: 4 KiB reads at depth 32 measured 12% slower that way (bench/probe_vs_fio.sh).
   void wait() override {
     while (in_flight_ > 0) {
-      check(io_uring_submit_and_wait(&ring_, 1), "wait");
-      reap();
-      prepare();
+      submit_prepared();
+      io_uring_cqe* cqe = nullptr;
+      const int ret = io_uring_wait_cqe(&ring_, &cqe);
+      if (ret == -EINTR || ret == -EAGAIN) continue;
+      check(ret, "wait");
+      complete(cqe);
+      prepare();  // normally just the slot this read freed
     }
     if (!error_.empty()) throw Error(std::exchange(error_, {}));
   }
@@ -206,9 +214,8 @@ class UringQueue final : public IoEngine::Queue {
   }
 
  private:
-  // Queues reads for waiting pieces while slots are free; returns how many it queued.
-  unsigned prepare() {
-    unsigned queued = 0;
+  // Queues reads for waiting pieces while slots are free.
+  void prepare() {
     while (!free_slots_.empty() && !waiting_.empty() && error_.empty()) {
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
       if (!sqe) break;  // the ring is full until the next submit
@@ -228,34 +235,34 @@ class UringQueue final : public IoEngine::Queue {
       }
       io_uring_sqe_set_data64(sqe, slot);
       ++in_flight_;
-      ++queued;
     }
-    return queued;
   }
 
-  void reap() {
-    unsigned head = 0;
-    unsigned seen = 0;
-    io_uring_cqe* cqe = nullptr;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      ++seen;
-      const auto slot = static_cast<uint32_t>(io_uring_cqe_get_data64(cqe));
-      free_slots_.push_back(slot);
-      --in_flight_;
-      if (!error_.empty()) continue;  // draining after a failure: the batch is lost anyway
-      Piece& piece = slots_[slot];
-      switch (settle(piece, cqe->res, error_)) {
-        case Outcome::Done:
-          break;
-        case Outcome::Again:
-          waiting_.push_front(piece);
-          break;
-        case Outcome::Failed:
-          waiting_.clear();
-          break;
-      }
+  // Hands the queued reads to the kernel. One that is momentarily refused (EAGAIN, EBUSY)
+  // stays queued and goes with the next call.
+  void submit_prepared() {
+    if (io_uring_sq_ready(&ring_) > 0) check(io_uring_submit(&ring_), "submit");
+  }
+
+  // Settles one completed read and frees its slot.
+  void complete(io_uring_cqe* cqe) {
+    const auto slot = static_cast<uint32_t>(io_uring_cqe_get_data64(cqe));
+    const int result = cqe->res;
+    io_uring_cqe_seen(&ring_, cqe);
+    free_slots_.push_back(slot);
+    --in_flight_;
+    if (!error_.empty()) return;  // draining after a failure: the batch is lost anyway
+    Piece& piece = slots_[slot];
+    switch (settle(piece, result, error_)) {
+      case Outcome::Done:
+        break;
+      case Outcome::Again:
+        waiting_.push_front(piece);
+        break;
+      case Outcome::Failed:
+        waiting_.clear();
+        break;
     }
-    io_uring_cq_advance(&ring_, seen);
   }
 
   int registered_index(const ReadRequest& r) const {
