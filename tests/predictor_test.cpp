@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -16,6 +17,7 @@
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "sparse/calibrate.h"
+#include "sparse/predictor_selector.h"
 #include "sparse/predictor_training.h"
 #include "sparse/sparse_ffn.h"
 #include "sparse/windowed_ffn.h"
@@ -64,6 +66,54 @@ TEST(PredictorTraining, LearnsALowRankMask) {
   EXPECT_EQ(p.recall, report.recall);
 }
 
+TEST(PredictorTraining, PinsTheNeuronsWithMassiveActivations) {
+  // Neuron 7 is usually like the rest but on 1% of the tokens reaches 500: the massive
+  // activations that a low-rank predictor misses. Neuron 3 peaks at 3x the others: not pinned.
+  const int d_model = 16, d_ff = 400;
+  PredictorSamples samples(d_model, d_ff);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(d_model), act(d_ff);
+  for (int n = 0; n < 1000; ++n) {
+    for (float& xi : x) xi = normal(rng);
+    for (float& a : act) a = std::clamp(normal(rng), -3.0f, 3.0f);
+    act[3] *= 3;
+    if (n % 100 == 42) act[7] = -500;
+    samples.add(x.data(), act.data(), 1.0f);
+  }
+  EXPECT_EQ(outlier_neurons(samples, 4.0f), std::vector<int32_t>{7});
+  EXPECT_EQ(outlier_neurons(samples, 2.0f), (std::vector<int32_t>{3, 7}));
+  EXPECT_TRUE(outlier_neurons(samples, 0.0f).empty());
+
+  PredictorTrainingOptions options;
+  options.epochs = 1;
+  LayerTrainingReport report;
+  const LayerPredictor p = train_layer_predictor(samples, 4, options, report);
+  EXPECT_EQ(p.pinned, std::vector<int32_t>{7});
+  EXPECT_EQ(report.pinned, 1);
+
+  // Masks alone carry no magnitudes: nothing to pin.
+  PredictorSamples masks(d_model, d_ff);
+  std::vector<uint8_t> mask(d_ff, 1);
+  masks.add_mask(x.data(), mask.data());
+  EXPECT_TRUE(outlier_neurons(masks, 4.0f).empty());
+}
+
+TEST(PredictorSelector, AlwaysSelectsThePinnedNeurons) {
+  ThreadPool pool(2);
+  ActivationPredictor predictor;
+  predictor.sparsity = 0.5f;
+  LayerPredictor layer(2, 8, 100);  // all-zero weights: every logit is 0
+  layer.decision = 1.0f;            // so the logits select nothing
+  layer.pinned = {5, 61};
+  predictor.layers.push_back(layer);
+  PredictorSelector selector(predictor, pool);
+  const std::vector<float> x(8, 1.0f);
+  std::vector<int32_t> active;
+  selector.select(0, x.data(), 1, active);
+  EXPECT_EQ(active, (std::vector<int32_t>{5, 61}));
+}
+
 std::string write_profile(const std::string& path, int n_layers, const std::vector<float>& levels,
                           float threshold) {
   SparsityProfile profile;
@@ -87,6 +137,7 @@ ActivationPredictor random_predictor(float sparsity, int n_layers, int d_model, 
     layer.b = testing::random_floats(layer.b.size(), seed + 3 * l + 1);
     layer.bias = testing::random_floats(layer.bias.size(), seed + 3 * l + 2);
     layer.decision = -0.25f * l;
+    for (int i = 0; i < l; ++i) layer.pinned.push_back(3 * i + 1);  // none in layer 0
     layer.recall = 0.9f;
     layer.precision = 0.5f;
     p.layers.push_back(std::move(layer));
@@ -116,12 +167,25 @@ TEST(PredictorFile, RoundTripKeepsThresholdsAndOtherLevels) {
       EXPECT_EQ(got->layers[l].b, want->layers[l].b);
       EXPECT_EQ(got->layers[l].bias, want->layers[l].bias);
       EXPECT_EQ(got->layers[l].decision, want->layers[l].decision);
+      EXPECT_EQ(got->layers[l].pinned, want->layers[l].pinned);
     }
   }
   EXPECT_FALSE(ActivationPredictor::from_gguf(*file, 0.9f, 3, 16, 40).has_value());
   // Another model's shapes are refused, not misread.
   EXPECT_THROW(ActivationPredictor::from_gguf(*file, 0.5f, 3, 16, 41), Error);
   EXPECT_THROW(ActivationPredictor::from_gguf(*file, 0.5f, 4, 16, 40), Error);
+
+  // A pinned neuron outside the model is refused with the file and key named.
+  ActivationPredictor bad = p50;
+  bad.layers[1].pinned = {39, 40};
+  save_predictor(path, bad);
+  file = GgufFile::open(path);
+  try {
+    ActivationPredictor::from_gguf(*file, 0.5f, 3, 16, 40);
+    FAIL() << "a pinned neuron past d_ff must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blk.1.pinned"), std::string::npos) << e.what();
+  }
 }
 
 // A converted tiny model with thresholds for sparsity 0.5 calibrated on its own output.

@@ -66,6 +66,12 @@ void register_train_predictor_command(CLI::App& app) {
                   "reaches this")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  cmd->add_option("--pin-factor", o->training.pin_factor,
+                  "Always select a neuron whose largest calibration activation exceeds this many "
+                  "times its layer's 99th percentile of per-neuron peaks (massive activations a "
+                  "low-rank predictor misses; 0: none)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("-t,--threads", o->calibration.threads, "Worker threads (default: all cores)");
   cmd->callback([o] {
     using Clock = std::chrono::steady_clock;
@@ -113,21 +119,22 @@ void register_train_predictor_command(CLI::App& app) {
     std::printf("%s, sparsity %.2f, %lld tokens (last 10%% held out: first half tunes the "
                 "decision threshold, second half measures)\n",
                 c.name.c_str(), o->sparsity, static_cast<long long>(samples[0].size()));
-    std::printf("| layer | rank | active | predicted | recall | precision | decision p |\n");
-    std::printf("|---|---|---|---|---|---|---|\n");
+    std::printf(
+        "| layer | rank | active | predicted | recall | precision | decision p | pinned |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
     double recall = 0, precision = 0, predicted = 0, active = 0;
     for (int l = 0; l < c.n_layers; ++l) {
       const LayerTrainingReport& r = reports[l];
-      std::printf("| %d | %d | %.1f%% | %.1f%% | %.1f%% | %.1f%% | %.3f |\n", l, ranks[l],
+      std::printf("| %d | %d | %.1f%% | %.1f%% | %.1f%% | %.1f%% | %.3f | %d |\n", l, ranks[l],
                   100 * r.active_share, 100 * r.predicted_share, 100 * r.recall,
-                  100 * r.precision, 1 / (1 + std::exp(-predictor.layers[l].decision)));
+                  100 * r.precision, 1 / (1 + std::exp(-predictor.layers[l].decision)), r.pinned);
       recall += r.recall;
       precision += r.precision;
       predicted += r.predicted_share;
       active += r.active_share;
     }
     const double n = c.n_layers;
-    std::printf("| mean | | %.1f%% | %.1f%% | %.1f%% | %.1f%% | |\n", 100 * active / n,
+    std::printf("| mean | | %.1f%% | %.1f%% | %.1f%% | %.1f%% | | |\n", 100 * active / n,
                 100 * predicted / n, 100 * recall / n, 100 * precision / n);
     std::printf("dense run %.1fs, training %.1fs (%d epochs, batch %d, lr %g, %d threads); wrote "
                 "%s\n",

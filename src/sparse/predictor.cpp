@@ -28,6 +28,10 @@ std::string key_name(float sparsity, const char* part) {
   return fmt::format("flashlm.predictor.{}.{}", level_tag(sparsity), part);
 }
 
+std::string pinned_key(float sparsity, int layer) {
+  return fmt::format("flashlm.predictor.{}.blk.{}.pinned", level_tag(sparsity), layer);
+}
+
 std::vector<uint8_t> bytes_of(const std::vector<float>& v) {
   std::vector<uint8_t> out(v.size() * sizeof(float));
   std::memcpy(out.data(), v.data(), out.size());
@@ -81,6 +85,7 @@ void ActivationPredictor::write_to(GgufWriter& w) const {
                  bytes_of(p.b));
     w.add_tensor(tensor_name(sparsity, layer, "bias"), TensorType::F32, {p.d_ff},
                  bytes_of(p.bias));
+    w.add_int32_array(pinned_key(sparsity, layer), p.pinned);
     decision.push_back(p.decision);
     recall.push_back(p.recall);
     precision.push_back(p.precision);
@@ -122,6 +127,16 @@ std::optional<ActivationPredictor> ActivationPredictor::from_gguf(const GgufFile
     layer.b = read_f32(file, tensor_name(sparsity, l, "b"), {rank, d_ff});
     layer.bias = read_f32(file, tensor_name(sparsity, l, "bias"), {d_ff});
     layer.decision = decision[l];
+    if (const std::string key = pinned_key(sparsity, l); file.has(key)) {  // older files: none
+      for (int64_t i : file.get_int_array(key)) {
+        if (i < 0 || i >= d_ff || (!layer.pinned.empty() && i <= layer.pinned.back())) {
+          fail("{}: {} lists neuron {} out of order or outside the model's {} neurons; run "
+               "flashlm train-predictor again",
+               file.path(), key, i, d_ff);
+        }
+        layer.pinned.push_back(static_cast<int32_t>(i));
+      }
+    }
     layer.recall = recall[l];
     layer.precision = precision[l];
     p.layers.push_back(std::move(layer));

@@ -24,6 +24,11 @@ struct LayerPredictor {
   std::vector<float> b;     // d_ff x rank, row-major
   std::vector<float> bias;  // d_ff
   float decision = 0;       // logit threshold; -infinity predicts every neuron
+  // Neurons selected whatever the logits say: the few whose rare activations are orders of
+  // magnitude above the rest ("massive activations", e.g. 3000 against a typical peak of 8 in
+  // SmolLM2's layer 11). A low-rank predictor misses some of those tokens, and one miss there
+  // costs more than all the other misses together; selecting them always costs a few bundles.
+  std::vector<int32_t> pinned;  // ascending
   // Held-out quality measured by the trainer (kept in the file for reports).
   float recall = 0, precision = 0;
 

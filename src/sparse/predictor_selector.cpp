@@ -25,6 +25,7 @@ void PredictorSelector::select(int layer, const float* x, int64_t n_tokens,
                                std::vector<int32_t>& active) {
   const LayerPredictor& p = predictor_.layers[layer];
   marked_.assign(p.d_ff, 0);
+  for (int32_t i : p.pinned) marked_[i] = 1;
   hidden_.resize(static_cast<size_t>(p.rank) * n_tokens);
   // A x is small (rank x d_model); the d_ff x rank half is split across the pool.
   for (int64_t t = 0; t < n_tokens; ++t) {

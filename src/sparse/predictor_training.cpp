@@ -16,11 +16,14 @@
 namespace flashlm {
 
 PredictorSamples::PredictorSamples(int d_model, int d_ff)
-    : d_model_(d_model), d_ff_(d_ff), words_((d_ff + 63) / 64) {}
+    : d_model_(d_model), d_ff_(d_ff), words_((d_ff + 63) / 64), max_abs_(d_ff) {}
 
 void PredictorSamples::add(const float* x, const float* activations, float threshold) {
   std::vector<uint8_t> mask(d_ff_);
-  for (int i = 0; i < d_ff_; ++i) mask[i] = std::abs(activations[i]) > threshold;
+  for (int i = 0; i < d_ff_; ++i) {
+    mask[i] = std::abs(activations[i]) > threshold;
+    max_abs_[i] = std::max(max_abs_[i], std::abs(activations[i]));
+  }
   add_mask(x, mask.data());
 }
 
@@ -37,6 +40,21 @@ void PredictorSamples::add_mask(const float* x, const uint8_t* mask) {
 void PredictorSamples::input(int64_t row, float* out) const {
   const uint16_t* src = &x_[static_cast<size_t>(row) * d_model_];
   for (int i = 0; i < d_model_; ++i) out[i] = fp16_to_float(src[i]);
+}
+
+std::vector<int32_t> outlier_neurons(const PredictorSamples& samples, float pin_factor) {
+  const std::vector<float>& peak = samples.max_abs();
+  if (!(pin_factor > 0) || peak.empty()) return {};
+  std::vector<float> sorted = peak;
+  const size_t p99 = sorted.size() * 99 / 100;
+  std::nth_element(sorted.begin(), sorted.begin() + p99, sorted.end());
+  const float limit = pin_factor * sorted[p99];
+  std::vector<int32_t> out;
+  if (!(limit > 0)) return out;  // masks only, or a silent layer
+  for (size_t i = 0; i < peak.size(); ++i) {
+    if (peak[i] > limit) out.push_back(static_cast<int32_t>(i));
+  }
+  return out;
 }
 
 namespace {
@@ -129,6 +147,11 @@ LayerPredictor train_layer_predictor(const PredictorSamples& s, int rank,
     if (epoch_done) epoch_done();
   }
 
+  // Pinned neurons are always selected; the logits decide the rest.
+  p.pinned = outlier_neurons(s, o.pin_factor);
+  std::vector<uint8_t> pinned(d_ff, 0);
+  for (int32_t i : p.pinned) pinned[i] = 1;
+
   // Decision threshold: sigmoid > 0.5 (logit 0), lowered if that misses more active neurons than
   // the target recall allows on the first half of the held-out tokens.
   const int64_t tune_end = n_train + n_holdout / 2;
@@ -137,7 +160,7 @@ LayerPredictor train_layer_predictor(const PredictorSamples& s, int rank,
     s.input(row, x.data());
     p.logits(x.data(), hidden.data(), z.data());
     for (int i = 0; i < d_ff; ++i) {
-      if (s.active(row, i)) positive_logits.push_back(z[i]);
+      if (s.active(row, i) && !pinned[i]) positive_logits.push_back(z[i]);
     }
   }
   p.decision = 0.0f;
@@ -154,7 +177,7 @@ LayerPredictor train_layer_predictor(const PredictorSamples& s, int rank,
     s.input(row, x.data());
     p.logits(x.data(), hidden.data(), z.data());
     for (int i = 0; i < d_ff; ++i) {
-      const bool predicted = z[i] > p.decision, truth = s.active(row, i);
+      const bool predicted = pinned[i] || z[i] > p.decision, truth = s.active(row, i);
       tp += predicted && truth;
       fp += predicted && !truth;
       fn += !predicted && truth;
@@ -165,6 +188,7 @@ LayerPredictor train_layer_predictor(const PredictorSamples& s, int rank,
   report.predicted_share = static_cast<float>((tp + fp) / measured);
   report.recall = tp + fn > 0 ? static_cast<float>(tp) / static_cast<float>(tp + fn) : 1.0f;
   report.precision = tp + fp > 0 ? static_cast<float>(tp) / static_cast<float>(tp + fp) : 1.0f;
+  report.pinned = static_cast<int>(p.pinned.size());
   p.recall = report.recall;
   p.precision = report.precision;
   return p;

@@ -32,6 +32,8 @@ class PredictorSamples {
   int d_model() const { return d_model_; }
   int d_ff() const { return d_ff_; }
   void input(int64_t row, float* out) const;
+  // Per neuron, the largest |activation| that add() saw (zero where only masks were given).
+  const std::vector<float>& max_abs() const { return max_abs_; }
   bool active(int64_t row, int neuron) const {
     return (bits_[static_cast<size_t>(row) * words_ + neuron / 64] >> (neuron % 64)) & 1;
   }
@@ -41,6 +43,7 @@ class PredictorSamples {
   int64_t n_ = 0;
   std::vector<uint16_t> x_;
   std::vector<uint64_t> bits_;
+  std::vector<float> max_abs_;
 };
 
 struct PredictorTrainingOptions {
@@ -49,8 +52,14 @@ struct PredictorTrainingOptions {
   float lr = 1e-3f;
   float holdout = 0.1f;         // share of tokens (the last ones) kept out of training
   float target_recall = 0.95f;  // the decision threshold is lowered until held-out recall reaches it
+  // A neuron whose largest |activation| in the training tokens exceeds this many times the
+  // layer's 99th percentile of per-neuron maxima is pinned (always selected); 0 pins none.
+  float pin_factor = 4.0f;
   uint64_t seed = 1;
 };
+
+// The neurons `samples` shows with outlying peaks (see PredictorTrainingOptions::pin_factor).
+std::vector<int32_t> outlier_neurons(const PredictorSamples& samples, float pin_factor);
 
 // Held-out figures of one layer: the first half of the held-out tokens tunes the decision
 // threshold, the second half measures recall and precision.
@@ -58,6 +67,7 @@ struct LayerTrainingReport {
   float active_share = 0;  // share of active neurons in the measured tokens
   float recall = 0, precision = 0;
   float predicted_share = 0;  // share of neurons the predictor selects
+  int pinned = 0;             // neurons always selected (LayerPredictor::pinned)
 };
 
 LayerPredictor train_layer_predictor(const PredictorSamples& samples, int rank,
