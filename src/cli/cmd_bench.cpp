@@ -34,6 +34,7 @@ struct ModeResult {
   double ms_total_first8 = 0;
   double bytes_read_per_token = 0;
   double read_mib_per_s = 0;
+  double read_requests_per_token = 0;  // after coalescing: what the device is asked for
   double prefill_ms = 0;
   double agreement_with_dense = -1;  // fraction of generated tokens equal to dense's
   double ms_select = 0;              // predictor (or oracle) time, part of compute
@@ -121,6 +122,7 @@ ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::stri
     r.ms_mem = s.memory_seconds * 1e3 / n;
     r.bytes_read_per_token = static_cast<double>(s.bytes_read) / n;
     r.read_mib_per_s = s.io_seconds > 0 ? s.bytes_read / 1048576.0 / s.io_seconds : 0;
+    r.read_requests_per_token = static_cast<double>(s.read_requests) / n;
   }
   if (const SparseStats* sparse = engine.sparse_stats()) {
     r.ms_select = sparse->select_seconds * 1e3 / n;
@@ -187,6 +189,13 @@ void bench(const BenchOptions& o) {
         r.rss_bytes / 1048576.0);
   }
   for (const ModeResult& r : results) {
+    if (r.read_requests_per_token <= 0) continue;
+    std::printf("%s: %.0f reads per token, %.0f KiB each on average (compare with `flashlm probe` "
+                "at that size)\n",
+                r.mode.c_str(), r.read_requests_per_token,
+                r.bytes_read_per_token / r.read_requests_per_token / 1024);
+  }
+  for (const ModeResult& r : results) {
     if (r.predictor_recall < 0) continue;
     std::printf("%s: predictor recall %.1f%%, precision %.1f%% (per decode token and layer, "
                 "against the true active neurons)\n",
@@ -205,6 +214,7 @@ void bench(const BenchOptions& o) {
                      {"ms_total_first8", r.ms_total_first8},
                      {"bytes_read_per_token", r.bytes_read_per_token},
                      {"read_mib_per_s", r.read_mib_per_s},
+                     {"read_requests_per_token", r.read_requests_per_token},
                      {"prefill_ms", r.prefill_ms},
                      {"agreement_with_dense", r.agreement_with_dense},
                      {"rss_bytes", r.rss_bytes},
