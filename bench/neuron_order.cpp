@@ -15,6 +15,7 @@
 #include "common/text_file.h"
 #include "engine/model.h"
 #include "flash/flash_layout.h"
+#include "flash/io_engine.h"
 #include "gguf/gguf.h"
 #include "sparse/calibrate.h"
 #include "sparse/sparsity.h"
@@ -23,7 +24,10 @@ namespace {
 
 // Marks the pages that bundle `slot` (of `stride` bytes) overlaps.
 void touch(std::vector<char>& pages, size_t slot, size_t stride) {
-  for (size_t p = slot * stride / 4096; p <= (slot * stride + stride - 1) / 4096; ++p) pages[p] = 1;
+  using flashlm::kPageBytes;
+  for (size_t p = slot * stride / kPageBytes; p <= (slot * stride + stride - 1) / kPageBytes; ++p) {
+    pages[p] = 1;
+  }
 }
 
 }  // namespace
@@ -65,7 +69,7 @@ int main(int argc, char** argv) try {
     }
   }
 
-  const size_t n_pages = (d_ff * stride + 4095) / 4096;
+  const size_t n_pages = flashlm::align_up(d_ff * stride, kPageBytes) / kPageBytes;
   double pages_file = 0, pages_hot = 0, pages_total = 0, active = 0, steps = 0;
   std::vector<char> file_order, hot_first;
   run_calibration_text(*model, read_text_file(argv[3], "evaluation text"), options,

@@ -61,10 +61,15 @@ void WindowedSparseFfn::add_read_neighbours(const ReadPlan& plan, uint64_t layer
     const int64_t first = static_cast<int64_t>((from + stride - 1) / stride);
     const int64_t last = std::min<int64_t>(
         d_ff, end > layer_offset ? static_cast<int64_t>((end - layer_offset) / stride) : 0);
+    // Both lists are sorted and the run's ids ascend: walk them alongside, one search per run.
+    auto reading = std::lower_bound(to_read_.begin(), to_read_.end(), first);
+    auto cached = std::lower_bound(ready_.begin(), ready_.end(), first);
     for (int64_t n = first; n < last; ++n) {
       const auto id = static_cast<int32_t>(n);
-      if (std::binary_search(to_read_.begin(), to_read_.end(), id) ||
-          std::binary_search(ready_.begin(), ready_.end(), id)) {
+      while (reading != to_read_.end() && *reading < id) ++reading;
+      while (cached != ready_.end() && *cached < id) ++cached;
+      if ((reading != to_read_.end() && *reading == id) ||
+          (cached != ready_.end() && *cached == id)) {
         continue;
       }
       bundles_.push_back(staged + buffer_begin + (layer_offset + n * stride - begin));
