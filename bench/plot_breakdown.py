@@ -23,7 +23,8 @@ def main():
         rows += data if isinstance(data, list) else [data]
     with tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False) as dat:
         for r in rows:
-            dat.write(f"{r['mode']} {r['ms_io']:.3f} {r['ms_mem']:.3f} {max(r['ms_compute'], 0):.3f}\n")
+            label = r.get("label", r["mode"]).replace(" ", "_")
+            dat.write(f"{label} {r['ms_io']:.3f} {r['ms_mem']:.3f} {max(r['ms_compute'], 0):.3f}\n")
     script = f"""
 set terminal pngcairo size 900,500 font ',11'
 set output '{args.output}'

@@ -11,6 +11,7 @@
 #include "common/thread_pool.h"
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "flash/flash_embedding.h"
 #include "model/transformer.h"
 #include "quant/reference.h"
 #include "sparse/sparse_ffn.h"
@@ -118,6 +119,53 @@ TEST(FlashModes, EveryModeGivesTheSameLogitsAsDense) {
   // The .flm in dense mode against the GGUF: down columns were re-quantized to Q8_0.
   const auto gguf = logits_of(m.gguf, "dense");
   EXPECT_LT(max_abs_diff(gguf, dense), 5e-2);
+}
+
+// An untied embedding table stays on flash in the flash modes: out of the resident part (the
+// FFN gets that budget), each token's row read from the file, the same logits as dense.
+TEST(FlashModes, UntiedEmbeddingStaysOnFlashWithTheSameLogits) {
+  Converted m{testing::temp_path("untied.gguf"), testing::temp_path("untied.flm")};
+  testing::write_tiny_model(m.gguf, {.n_layers = 2,
+                                     .d_model = 256,
+                                     .d_ff = 256,
+                                     .weight_type = TensorType::Q4_K,
+                                     .tied_embeddings = false});
+  convert_to_flm(m.gguf, m.flm, {.force = true});
+  const auto dense = logits_of(m.flm, "dense");
+  const std::string budget = budget_with_ffn_share(m.flm, 0.5);
+  for (const std::string mode : {"naive", "hybrid", "mmap"}) {
+    EXPECT_LT(max_abs_diff(logits_of(m.flm, mode, budget), dense), 1e-4) << mode;
+  }
+
+  auto model = Model::load(m.flm);
+  const GgufTensor& table = model->file->tensor("token_embd.weight");
+  const MemoryPlan in_dram = plan_memory(*model->flash, FfnMode::Dense, ~uint64_t{0} / 4);
+  const MemoryPlan on_flash = plan_memory(*model->flash, FfnMode::Hybrid, ~uint64_t{0} / 4);
+  EXPECT_EQ(in_dram.embedding_flash_bytes, 0u);
+  EXPECT_EQ(on_flash.embedding_flash_bytes, table.bytes);
+  EXPECT_EQ(on_flash.resident_bytes + table.bytes, in_dram.resident_bytes);
+  EXPECT_EQ(on_flash.model_bytes, in_dram.model_bytes);
+  EXPECT_NE(on_flash.describe().find("left on flash"), std::string::npos);
+
+  // More rows than one batch of reads, repeats included, against the table in the file.
+  FlashEmbedding embedding(m.flm, table, IoBackend::Auto);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 150; ++i) tokens.push_back((i * 37) % testing::kTinyVocab);
+  const int64_t d = model->config.d_model;
+  std::vector<float> got(tokens.size() * d), expected(d);
+  embedding.rows(tokens, got.data());
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const Matrix& e = model->weights.token_embedding;
+    dequantize_row_reference(e.type, e.row(tokens[t]), expected.data(), d);
+    ASSERT_LT(max_abs_diff(std::span(got).subspan(t * d, d), expected), 1e-6) << "token " << t;
+  }
+  EXPECT_GE(embedding.bytes_read(), tokens.size() * (table.bytes / table.rows()));
+}
+
+TEST(FlashModes, TiedEmbeddingStaysResident) {
+  const Converted m = make_models("tied", BundleType::Source, TensorType::Q8_0);
+  auto model = Model::load(m.flm);
+  EXPECT_EQ(plan_memory(*model->flash, FfnMode::Naive, ~uint64_t{0} / 4).embedding_flash_bytes, 0u);
 }
 
 TEST(FlashModes, ImpossibleBudgetIsRefusedWithTheNumbers) {

@@ -20,6 +20,7 @@
 #include "sparse/predictor_selector.h"
 #include "sparse/predictor_training.h"
 #include "sparse/sparse_ffn.h"
+#include "sparse/streamed_ffn.h"
 #include "sparse/windowed_ffn.h"
 #include "support/test_model.h"
 
@@ -275,31 +276,97 @@ TEST(SparseMode, OverPredictingEqualsDenseAtTheSameThresholds) {
   EXPECT_GT(max_abs_diff(unthresholded, dense), 1e-3);
 }
 
-// The oracle path with every combination of the cache's situations: overlapping reads with
-// compute or not, a cache that holds everything or only a few neurons per layer (so the
-// rest are read each token and used straight from the staging buffer).
+EngineOptions oracle_options(const std::string& budget, const std::string& reads, bool overlap) {
+  return {.threads = 2,
+          .context_size = 64,
+          .max_batch = 8,
+          .mode = "sparse-oracle",
+          .mem_budget = budget,
+          .sparsity = 0.5f,
+          .sparse_reads = reads,
+          .overlap_io = overlap};
+}
+
+// The oracle path with every combination of the cache's situations, for both read
+// strategies: overlapping reads with compute or not; a budget that holds every neuron, a few
+// per layer (planned: the rest are read each token and used straight from the staging buffer;
+// streamed: the rest of each layer streams), or none beyond the resident part and the buffers.
 TEST(SparseMode, OracleEqualsDenseWithOrWithoutOverlapUnderAnyBudget) {
   const SparseModel m = calibrated_model("oracle-budgets");
   const auto dense = logits_of(*m.model, "dense");
-  const MemoryPlan roomy = plan_memory(*m.model->flash, FfnMode::SparseOracle, ~uint64_t{0} / 4);
-  const std::string tight = std::to_string(roomy.resident_bytes + roomy.stream_buffer_bytes +
-                                           roomy.ffn_bytes / 20);
-  for (const std::string& budget : {std::string(), tight}) {
-    for (bool overlap : {true, false}) {
-      Engine engine(*m.model, {.threads = 2, .context_size = 64, .max_batch = 8,
-                               .mode = "sparse-oracle", .mem_budget = budget, .sparsity = 0.5f,
-                               .overlap_io = overlap});
-      std::vector<float> got;
-      for (size_t i = 0; i < kPrompt.size(); ++i) {
-        auto logits = engine.transformer().forward(std::span(&kPrompt[i], 1));
-        got.insert(got.end(), logits.begin(), logits.end());
-      }
-      EXPECT_LT(max_abs_diff(got, dense), 1e-4) << "budget '" << budget << "' overlap " << overlap;
-      if (!budget.empty()) {
-        EXPECT_LE(engine.plan()->dram_bytes(), engine.plan()->budget);
+  for (SparseReads reads : {SparseReads::Planned, SparseReads::Streamed}) {
+    const MemoryPlan roomy =
+        plan_memory(*m.model->flash, FfnMode::SparseOracle, ~uint64_t{0} / 4, reads);
+    const uint64_t fixed = roomy.resident_bytes + roomy.stream_buffer_bytes;
+    const std::string tight = std::to_string(fixed + roomy.ffn_bytes / 20);
+    const std::string nothing_cached = std::to_string(fixed);
+    for (const std::string& budget : {std::string(), tight, nothing_cached}) {
+      for (bool overlap : {true, false}) {
+        Engine engine(*m.model, oracle_options(budget, sparse_reads_name(reads), overlap));
+        ASSERT_EQ(engine.plan()->sparse_reads, reads);
+        std::vector<float> got;
+        for (size_t i = 0; i < kPrompt.size(); ++i) {
+          auto logits = engine.transformer().forward(std::span(&kPrompt[i], 1));
+          got.insert(got.end(), logits.begin(), logits.end());
+        }
+        const std::string where = fmt::format("{} reads, budget '{}', overlap {}",
+                                              sparse_reads_name(reads), budget, overlap);
+        EXPECT_LT(max_abs_diff(got, dense), 1e-4) << where;
+        if (!budget.empty()) {
+          EXPECT_LE(engine.plan()->dram_bytes(), engine.plan()->budget) << where;
+          EXPECT_GT(engine.flash_stats()->bytes_read, 0u) << where;
+        }
       }
     }
   }
+}
+
+// Streamed reads: each layer's streamed part is read once per token, the next layer's read
+// starting while this one computes, so after T tokens one read-ahead (the next token's first
+// layer) is in flight beyond the T x layers reads; without overlap there is none. The
+// resident neurons are never read again.
+TEST(SparseMode, StreamedReadsReadEachLayerOnceAhead) {
+  const SparseModel m = calibrated_model("streamed-reads");
+  const FlashModelFile& flm = *m.model->flash;
+  const MemoryPlan roomy =
+      plan_memory(flm, FfnMode::SparseOracle, ~uint64_t{0} / 4, SparseReads::Streamed);
+  const std::string budget =
+      std::to_string(roomy.resident_bytes + roomy.stream_buffer_bytes + roomy.ffn_bytes / 4);
+  const int layers = static_cast<int>(flm.layers().size());
+  for (bool overlap : {true, false}) {
+    Engine engine(*m.model, oracle_options(budget, "streamed", overlap));
+    const int resident = engine.plan()->resident_neurons_per_layer;
+    ASSERT_GT(resident, 0);
+    ASSERT_LT(resident, flm.d_ff());
+    engine.reset_stats();  // construction read every layer once to keep its resident neurons
+    const int tokens = 5;
+    for (int i = 0; i < tokens; ++i) engine.transformer().forward(std::span(&kPrompt[i], 1));
+    const uint64_t align = IoEngine(m.flm).alignment();  // O_DIRECT's, this file system's
+    const uint64_t streamed_bytes =
+        align_up(flm.layers()[0].offset + flm.layers()[0].bytes, align) -
+        align_down(flm.layers()[0].offset + resident * flm.layout().stride, align);
+    const uint64_t reads = static_cast<uint64_t>(tokens) * layers + (overlap ? 1 : 0);
+    EXPECT_EQ(engine.flash_stats()->bytes_read, reads * streamed_bytes) << "overlap " << overlap;
+    const SparseStats& s = *engine.sparse_stats();
+    EXPECT_EQ(s.layer_steps, static_cast<uint64_t>(tokens) * layers);
+    EXPECT_EQ(s.neurons_loaded, s.layer_steps * static_cast<uint64_t>(flm.d_ff() - resident));
+    EXPECT_LE(s.cache_hits, s.neurons_active);
+  }
+}
+
+// auto picks streamed reads where the active neurons' reads would cover most of each layer
+// (this tiny model's small bundles at half the neurons active), planned where they leave
+// holes (a high sparsity).
+TEST(SparseMode, AutoChoosesTheReadStrategyFromTheExpectedCoverage) {
+  const SparseModel m = calibrated_model("auto-reads");
+  Engine engine(*m.model, {.threads = 2, .mode = "sparse-oracle", .sparsity = 0.5f});
+  EXPECT_GE(engine.plan()->expected_read_coverage, kStreamedCoverage);
+  EXPECT_EQ(engine.plan()->sparse_reads, SparseReads::Streamed);
+  EXPECT_NE(engine.plan()->describe().find("streamed"), std::string::npos);
+  EXPECT_EQ(parse_sparse_reads("auto", 0.2), SparseReads::Planned);
+  EXPECT_EQ(parse_sparse_reads("planned", 1.0), SparseReads::Planned);
+  EXPECT_EQ(parse_sparse_reads("streamed", 0.0), SparseReads::Streamed);
+  EXPECT_THROW(parse_sparse_reads("sometimes", 0.5), Error);
 }
 
 TEST(SparseMode, UnderPredictingChangesTheOutput) {

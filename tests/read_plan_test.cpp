@@ -157,6 +157,31 @@ TEST(ReadPlan, RandomCasesDeliverEveryItem) {
   }
 }
 
+// Small bundles at half density touch nearly every page; sparse activity over bundles of a
+// page or more leaves most of the layer unread; every neuron needed is the whole layer.
+TEST(ReadPlan, ExpectedCoverageFollowsDensityAndBundleSize) {
+  PlannerSettings s;
+  s.max_gap_bytes = 8 << 10;
+  s.max_request_bytes = 256 << 10;
+  EXPECT_DOUBLE_EQ(expected_read_coverage(4096, 1360, 1.0, s), 1.0);
+  EXPECT_DOUBLE_EQ(expected_read_coverage(4096, 1360, 0.0, s), 0.0);
+  EXPECT_GT(expected_read_coverage(4096, 1360, 0.5, s), 0.95);
+  const double sparse = expected_read_coverage(4096, 16384, 0.05, s);
+  EXPECT_GT(sparse, 0.03);
+  EXPECT_LT(sparse, 0.15);
+}
+
+TEST(ReadPlan, RangeRequestsCoverTheRangeInPieces) {
+  uint8_t* dest = reinterpret_cast<uint8_t*>(uintptr_t{1} << 20);
+  const auto r = range_requests(8192, 10 * 4096, 4 * 4096, dest);
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r[0].offset, 8192u);
+  EXPECT_EQ(r[0].length, 4u * 4096);
+  EXPECT_EQ(r[2].offset, 8192u + 8 * 4096);
+  EXPECT_EQ(r[2].length, 2u * 4096);
+  EXPECT_EQ(r[2].dest, dest + 8 * 4096);
+}
+
 TEST(ReadPlan, RejectsUnsortedOrDuplicateItems) {
   const PlannerSettings s = settings(0, 64 * kKiB);
   EXPECT_THROW(plan_reads(std::vector<int32_t>{3, 2}, 0, 4096, s), Error);

@@ -30,6 +30,7 @@ struct BenchOptions {
 
 struct ModeResult {
   std::string mode;
+  std::string sparse_reads;  // sparse modes: planned or streamed
   double ms_io = 0, ms_mem = 0, ms_compute = 0, ms_total = 0;
   double ms_total_first8 = 0;
   double bytes_read_per_token = 0;
@@ -125,6 +126,7 @@ ModeResult bench_mode(const Model& model, const BenchOptions& o, const std::stri
     r.read_requests_per_token = static_cast<double>(s.read_requests) / n;
   }
   if (const SparseStats* sparse = engine.sparse_stats()) {
+    r.sparse_reads = sparse_reads_name(engine.plan()->sparse_reads);
     r.ms_select = sparse->select_seconds * 1e3 / n;
     r.neurons_loaded_per_token = static_cast<double>(sparse->neurons_loaded) / n;
     r.cache_hit_rate = sparse->neurons_active > 0
@@ -183,7 +185,8 @@ void bench(const BenchOptions& o) {
     std::printf(
         "| %s | %.2f | %.2f | %.2f (%.2f) | %.2f | %.2f | %.2f | %.0f | %.0f | %s | %.1f | %s | "
         "%.0f |\n",
-        r.mode.c_str(), r.ms_io, r.ms_mem, r.ms_compute, r.ms_select, r.ms_total,
+        (r.sparse_reads.empty() ? r.mode : r.mode + " (" + r.sparse_reads + ")").c_str(),
+        r.ms_io, r.ms_mem, r.ms_compute, r.ms_select, r.ms_total,
         r.ms_total_first8, r.bytes_read_per_token / 1048576.0, r.read_mib_per_s,
         r.neurons_loaded_per_token, hits.c_str(), r.prefill_ms, same.c_str(),
         r.rss_bytes / 1048576.0);
@@ -207,6 +210,7 @@ void bench(const BenchOptions& o) {
     nlohmann::json out = nlohmann::json::array();
     for (const ModeResult& r : results) {
       out.push_back({{"mode", r.mode},
+                     {"sparse_reads", r.sparse_reads},
                      {"ms_io", r.ms_io},
                      {"ms_mem", r.ms_mem},
                      {"ms_compute", r.ms_compute},

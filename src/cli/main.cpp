@@ -55,9 +55,16 @@ void CommonOptions::add_flash(CLI::App& cmd) {
                  "planner's request size and coalescing gap (default: built-in, measured with fio "
                  "on the project's machines)")
       ->check(CLI::ExistingFile);
+  cmd.add_option("--sparse-reads", engine.sparse_reads,
+                 "Sparse modes: planned (the paper: predicted neurons not in the windowed cache, "
+                 "in coalesced reads), streamed (the first neurons of each layer resident, the "
+                 "rest read whole one layer ahead) or auto (streamed when the active neurons' "
+                 "reads would cover most of each layer anyway)")
+      ->check(CLI::IsMember({"auto", "planned", "streamed"}))
+      ->capture_default_str();
   cmd.add_flag("!--no-overlap", engine.overlap_io,
-               "Sparse modes: wait for a layer's reads before computing (default: compute the "
-               "cached neurons while the rest are read)");
+               "Sparse modes: wait for a layer's reads before computing (default: planned reads "
+               "run while the cached neurons compute; streamed reads a layer ahead)");
   cmd.add_flag("!--predicted-only", engine.compute_read,
                "Sparse modes: compute only the predicted neurons (default: also every other "
                "neuron whose bundle the layer's reads bring in, since its pages are read anyway)");

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "flash/probe.h"
+#include "flash/read_plan.h"
 #include "gguf/gguf.h"
 #include "sparse/oracle_selector.h"
 
@@ -90,7 +91,19 @@ Engine::Engine(const Model& model, const EngineOptions& options)
     total += flm.bundle_region_bytes();
     const uint64_t budget =
         options.mem_budget.empty() ? total * 2 : parse_memory_budget(options.mem_budget, total);
-    plan_ = plan_memory(flm, mode, budget);
+    const PlannerSettings planner = options.device_profile.empty()
+                                        ? default_device_profile().planner
+                                        : load_device_profile(options.device_profile).planner;
+    SparseReads reads = SparseReads::Planned;
+    double coverage = 0;
+    if (sparse_mode) {
+      // The active share is 1 - sparsity by the thresholds' construction.
+      coverage =
+          expected_read_coverage(flm.d_ff(), flm.layout().stride, 1.0 - options.sparsity, planner);
+      reads = parse_sparse_reads(options.sparse_reads, coverage);
+    }
+    plan_ = plan_memory(flm, mode, budget, reads);
+    plan_->expected_read_coverage = coverage;
     std::vector<float> thresholds;
     if (options.sparsity > 0 || sparse_mode) {
       thresholds = load_profile(model, options).at(options.sparsity);
@@ -120,20 +133,28 @@ Engine::Engine(const Model& model, const EngineOptions& options)
         selector_ = std::make_unique<OracleSelector>(*oracle_copy_, thresholds,
                                                      model.config.d_ff, model.config.d_model);
       }
-      sparse_ffn_ = std::make_unique<WindowedSparseFfn>(
-          flm, model.config, *plan_, options.window, thresholds, *selector_, options.io_backend,
-          options.device_profile.empty()
-              ? default_device_profile().planner
-              : load_device_profile(options.device_profile).planner,
-          pool_);
+      if (reads == SparseReads::Streamed) {
+        sparse_ffn_ = std::make_unique<StreamedSparseFfn>(flm, model.config, *plan_, thresholds,
+                                                          *selector_, options.io_backend, pool_);
+      } else {
+        sparse_ffn_ = std::make_unique<WindowedSparseFfn>(flm, model.config, *plan_,
+                                                          options.window, thresholds, *selector_,
+                                                          options.io_backend, planner, pool_);
+      }
       sparse_ffn_->set_overlap(options.overlap_io);
       sparse_ffn_->set_compute_read(options.compute_read);
       ffn = sparse_ffn_.get();
     }
   }
+  if (plan_ && plan_->embedding_flash_bytes > 0) {
+    embedding_ = std::make_unique<FlashEmbedding>(
+        model.file->path(), *untied_embedding(*model.file), options.io_backend);
+  }
   transformer_ = std::make_unique<Transformer>(
       model.config, model.weights, *ffn, pool_,
-      TransformerOptions{.context_size = options.context_size, .max_batch = options.max_batch});
+      TransformerOptions{.context_size = options.context_size,
+                         .max_batch = options.max_batch,
+                         .embedding = embedding_.get()});
 }
 
 Engine::~Engine() = default;

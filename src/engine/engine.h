@@ -9,11 +9,13 @@
 
 #include "common/thread_pool.h"
 #include "engine/model.h"
+#include "flash/flash_embedding.h"
 #include "flash/flash_ffn.h"
 #include "flash/memory_plan.h"
 #include "model/transformer.h"
 #include "sparse/predictor_selector.h"
 #include "sparse/sparsity.h"
+#include "sparse/streamed_ffn.h"
 #include "sparse/windowed_ffn.h"
 
 namespace flashlm {
@@ -29,6 +31,10 @@ struct EngineOptions {
   float sparsity = 0;       // share of neurons treated as inactive (thresholds from calibrate)
   std::string sparse_file;  // thresholds and predictors; default MODEL.flm.sparse
   int window = 4;           // tokens a neuron stays cached after its last use (sparse modes)
+  // Sparse modes: "planned" (the paper's windowed cache and reads of the predicted neurons),
+  // "streamed" (resident first neurons, the rest of each layer read a layer ahead) or "auto":
+  // streamed where the predicted neurons' reads would cover most of each layer anyway.
+  std::string sparse_reads = "auto";
   // `flashlm probe` output the read planner takes its request size and gap from; empty: the
   // built-in profile (fio on the project's machines)
   std::string device_profile;
@@ -68,7 +74,8 @@ class Engine {
   std::unique_ptr<NeuronSelector> selector_;
   std::unique_ptr<NeuronSelector> measuring_oracle_;
   PredictorSelector* predictor_selector_ = nullptr;
-  std::unique_ptr<WindowedSparseFfn> sparse_ffn_;
+  std::unique_ptr<SparseFeedForward> sparse_ffn_;
+  std::unique_ptr<FlashEmbedding> embedding_;  // flash modes with an untied embedding table
   std::unique_ptr<Transformer> transformer_;
 };
 

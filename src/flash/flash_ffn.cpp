@@ -4,26 +4,15 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 
 #include "common/error.h"
 #include "common/mapped_files.h"
+#include "common/stopwatch.h"
 #include "common/thread_pool.h"
+#include "flash/read_plan.h"
 
 namespace flashlm {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Requests of this size keep several reads in flight for one layer and sit at the flat top of
-// the device's throughput curve (see `flashlm probe`).
-constexpr uint64_t kStreamRequestBytes = 1 << 20;
-
-}  // namespace
 
 FlashFeedForward::FlashFeedForward(const FlashModelFile& file, const ModelConfig& config,
                                    const MemoryPlan& plan, IoBackend backend, ThreadPool& pool)
@@ -102,11 +91,7 @@ const uint8_t* FlashFeedForward::read_layer_range(int layer, uint64_t begin, uin
     // reads then work unregistered).
     if (&buffer == &stream_) io_->register_buffers({std::span(stream_.data(), stream_.size())});
   }
-  std::vector<ReadRequest> requests;
-  for (uint64_t at = 0; at < bytes; at += kStreamRequestBytes) {
-    const uint64_t n = std::min(kStreamRequestBytes, bytes - at);
-    requests.push_back({first + at, static_cast<uint32_t>(n), buffer.data() + at});
-  }
+  const auto requests = range_requests(first, bytes, kStreamRequestBytes, buffer.data());
   const auto start = Clock::now();
   io_->read_all(requests);
   stats_.io_seconds += seconds_since(start);

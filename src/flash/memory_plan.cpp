@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "common/error.h"
+#include "flash/flash_embedding.h"
 #include "flash/flash_layout.h"
 
 namespace flashlm {
@@ -33,6 +34,23 @@ const char* ffn_mode_name(FfnMode mode) {
   return "?";
 }
 
+const char* sparse_reads_name(SparseReads reads) {
+  return reads == SparseReads::Streamed ? "streamed" : "planned";
+}
+
+SparseReads parse_sparse_reads(const std::string& name, double coverage) {
+  if (name == "planned") return SparseReads::Planned;
+  if (name == "streamed") return SparseReads::Streamed;
+  if (name == "auto") {
+    return coverage >= kStreamedCoverage ? SparseReads::Streamed : SparseReads::Planned;
+  }
+  fail("unknown sparse read strategy '{}'; use auto, planned or streamed", name);
+}
+
+const GgufTensor* untied_embedding(const GgufFile& file) {
+  return file.find_tensor("output.weight") ? file.find_tensor("token_embd.weight") : nullptr;
+}
+
 uint64_t parse_memory_budget(const std::string& text, uint64_t model_bytes) {
   char* end = nullptr;
   const double value = std::strtod(text.c_str(), &end);
@@ -53,7 +71,8 @@ uint64_t parse_memory_budget(const std::string& text, uint64_t model_bytes) {
   return static_cast<uint64_t>(bytes);
 }
 
-MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budget) {
+MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budget,
+                       SparseReads reads) {
   MemoryPlan p;
   p.mode = mode;
   p.budget = budget;
@@ -63,13 +82,23 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
   for (const GgufTensor& t : model.gguf().tensors()) p.resident_bytes += t.bytes;
   p.model_bytes = p.resident_bytes + p.ffn_bytes;
   const uint64_t layer_bytes = model.layers().front().bytes + 2 * kFlmRegionAlignment;
+  if (const GgufTensor* table = untied_embedding(model.gguf()); table && mode != FfnMode::Dense) {
+    p.embedding_flash_bytes = table->bytes;
+    p.resident_bytes -= table->bytes;
+    p.stream_buffer_bytes +=
+        FlashEmbedding::buffer_bytes(table->bytes / std::max<int64_t>(table->rows(), 1), kPageBytes);
+  }
   switch (mode) {
     case FfnMode::Dense: p.ffn_dram_bytes = p.ffn_bytes; break;
-    case FfnMode::Naive: p.stream_buffer_bytes = 2 * layer_bytes; break;  // double-buffered
-    case FfnMode::Hybrid: p.stream_buffer_bytes = 2 * layer_bytes; break;
+    case FfnMode::Naive: p.stream_buffer_bytes += 2 * layer_bytes; break;  // double-buffered
+    case FfnMode::Hybrid: p.stream_buffer_bytes += 2 * layer_bytes; break;
     case FfnMode::Mmap: break;
     case FfnMode::Sparse:
-    case FfnMode::SparseOracle: p.stream_buffer_bytes = layer_bytes; break;  // staging
+    case FfnMode::SparseOracle:
+      p.sparse_reads = reads;
+      // Planned: one staging buffer; streamed: the layer computed and the next one arriving.
+      p.stream_buffer_bytes += (reads == SparseReads::Streamed ? 2 : 1) * layer_bytes;
+      break;
   }
   const uint64_t fixed = p.resident_bytes + p.stream_buffer_bytes + p.ffn_dram_bytes;
   if (budget < fixed) {
@@ -81,11 +110,11 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
   }
   const uint64_t per_neuron = model.layout().stride * static_cast<uint64_t>(p.n_layers);
   const int neurons = static_cast<int>(std::min<uint64_t>((budget - fixed) / per_neuron, p.d_ff));
-  if (mode == FfnMode::Hybrid) {
+  const bool sparse = mode == FfnMode::Sparse || mode == FfnMode::SparseOracle;
+  if (mode == FfnMode::Hybrid || (sparse && reads == SparseReads::Streamed)) {
     p.resident_neurons_per_layer = neurons;
     p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(neurons);
-  }
-  if (mode == FfnMode::Sparse || mode == FfnMode::SparseOracle) {
+  } else if (sparse) {
     p.cache_neurons_per_layer = neurons;
     p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(neurons);
   }
@@ -95,9 +124,13 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
 std::string MemoryPlan::describe() const {
   std::string s = fmt::format(
       "memory plan ({} mode): budget {} of a {} model ({:.0f}%)\n"
-      "  resident (embeddings, attention, norms, output): {}\n",
+      "  resident ({}attention, norms, output): {}\n",
       ffn_mode_name(mode), mib(budget), mib(model_bytes), 100.0 * budget / model_bytes,
-      mib(resident_bytes));
+      embedding_flash_bytes > 0 ? "" : "embeddings, ", mib(resident_bytes));
+  if (embedding_flash_bytes > 0) {
+    s += fmt::format("  token embeddings: {} left on flash, each token's row read when needed\n",
+                     mib(embedding_flash_bytes));
+  }
   switch (mode) {
     case FfnMode::Dense:
       s += fmt::format("  FFN: all {} in DRAM\n", mib(ffn_bytes));
@@ -119,10 +152,24 @@ std::string MemoryPlan::describe() const {
       break;
     case FfnMode::Sparse:
     case FfnMode::SparseOracle:
-      s += fmt::format(
-          "  FFN: neuron cache of {} of {} neurons per layer ({}); active neurons not cached are "
-          "read from flash; staging buffer {}\n",
-          cache_neurons_per_layer, d_ff, mib(ffn_dram_bytes), mib(stream_buffer_bytes));
+      if (expected_read_coverage > 0) {
+        s += fmt::format(
+            "  reads of the active neurons would bring in ~{:.0f}% of each layer (pages, merged "
+            "holes)\n",
+            100 * expected_read_coverage);
+      }
+      if (sparse_reads == SparseReads::Streamed) {
+        s += fmt::format(
+            "  FFN (streamed reads): {} of {} neurons per layer resident ({}), the predicted "
+            "ones among them computed; the rest of each layer read whole one layer ahead; "
+            "stream buffers {}\n",
+            resident_neurons_per_layer, d_ff, mib(ffn_dram_bytes), mib(stream_buffer_bytes));
+      } else {
+        s += fmt::format(
+            "  FFN (planned reads): neuron cache of {} of {} neurons per layer ({}); active "
+            "neurons not cached are read from flash; staging buffer {}\n",
+            cache_neurons_per_layer, d_ff, mib(ffn_dram_bytes), mib(stream_buffer_bytes));
+      }
       break;
   }
   s += fmt::format("  weights in DRAM: {} of the {} budget", mib(dram_bytes()), mib(budget));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <random>
 
 #include "common/error.h"
 
@@ -89,6 +90,35 @@ ReadPlan plan_reads(std::span<const int32_t> items, uint64_t base_offset, uint64
   }
   if (!items.empty()) close_run();
   return plan;
+}
+
+double expected_read_coverage(int d_ff, uint64_t bundle_bytes, double density,
+                              const PlannerSettings& settings) {
+  if (d_ff <= 0) return 0;
+  constexpr int kDraws = 4;
+  std::mt19937 rng(12345);
+  std::bernoulli_distribution needed(std::clamp(density, 0.0, 1.0));
+  std::vector<int32_t> items;
+  double covered = 0;
+  for (int draw = 0; draw < kDraws; ++draw) {
+    items.clear();
+    for (int32_t i = 0; i < d_ff; ++i) {
+      if (needed(rng)) items.push_back(i);
+    }
+    covered += static_cast<double>(plan_reads(items, 0, bundle_bytes, settings).buffer_bytes);
+  }
+  const double layer = static_cast<double>(align_up(d_ff * bundle_bytes, settings.alignment));
+  return std::min(1.0, covered / kDraws / layer);
+}
+
+std::vector<ReadRequest> range_requests(uint64_t offset, uint64_t bytes, uint64_t max_request_bytes,
+                                        uint8_t* dest) {
+  std::vector<ReadRequest> requests;
+  for (uint64_t at = 0; at < bytes; at += max_request_bytes) {
+    const uint64_t n = std::min(max_request_bytes, bytes - at);
+    requests.push_back({offset + at, static_cast<uint32_t>(n), dest + at});
+  }
+  return requests;
 }
 
 }  // namespace flashlm

@@ -45,4 +45,19 @@ struct ReadPlan {
 ReadPlan plan_reads(std::span<const int32_t> items, uint64_t base_offset, uint64_t bundle_bytes,
                     const PlannerSettings& settings);
 
+// The share of a layer of `d_ff` bundles that plan_reads brings in when each neuron is needed
+// with probability `density`, independently (averaged over a few random draws): how much of
+// the layer page alignment and hole merging turn a given activity into.
+double expected_read_coverage(int d_ff, uint64_t bundle_bytes, double density,
+                              const PlannerSettings& settings);
+
+// Requests of this size keep several reads in flight for one layer and sit at the flat top of
+// the device's throughput curve (see `flashlm probe`).
+constexpr uint64_t kStreamRequestBytes = 1 << 20;
+
+// One contiguous aligned range, [offset, offset + bytes) into `dest`, as requests of at most
+// `max_request_bytes` each.
+std::vector<ReadRequest> range_requests(uint64_t offset, uint64_t bytes, uint64_t max_request_bytes,
+                                        uint8_t* dest);
+
 }  // namespace flashlm

@@ -12,7 +12,13 @@ namespace flashlm {
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
                          FeedForward& ffn, ThreadPool& pool, TransformerOptions options)
-    : config_(config), weights_(weights), ffn_(ffn), pool_(pool), options_(options) {
+    : config_(config),
+      weights_(weights),
+      ffn_(ffn),
+      resident_embedding_(weights.token_embedding),
+      embedding_(options.embedding ? *options.embedding : resident_embedding_),
+      pool_(pool),
+      options_(options) {
   if (options_.context_size <= 0 || options_.max_batch <= 0) {
     fail("context size and batch size must be positive (got {} and {})", options_.context_size,
          options_.max_batch);
@@ -71,11 +77,8 @@ void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits
 
   // x = embedding of each token (scaled by sqrt(d_model) in Gemma).
   const float embed_scale = c.scale_embeddings ? std::sqrt(static_cast<float>(d)) : 1.0f;
-  for (int64_t t = 0; t < n; ++t) {
-    const Matrix& e = weights_.token_embedding;
-    dequantize_row(e.type, e.row(tokens[t]), x_.data() + t * d, d);
-    if (embed_scale != 1.0f) scale_f32(x_.data() + t * d, embed_scale, d);
-  }
+  embedding_.rows(tokens, x_.data());
+  if (embed_scale != 1.0f) scale_f32(x_.data(), embed_scale, n * d);
 
   for (int layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];

@@ -12,6 +12,7 @@
 
 #include "model/config.h"
 #include "model/feed_forward.h"
+#include "model/token_embedding.h"
 #include "model/weights.h"
 
 namespace flashlm {
@@ -21,6 +22,8 @@ class ThreadPool;
 struct TransformerOptions {
   int context_size = 2048;  // tokens the KV cache holds
   int max_batch = 64;       // tokens per forward step during prompt processing
+  // Where the embedding rows come from; null: the weights' table in DRAM (ResidentEmbedding).
+  TokenEmbedding* embedding = nullptr;
 };
 
 class Transformer {
@@ -48,6 +51,8 @@ class Transformer {
   const ModelConfig& config_;
   const ModelWeights& weights_;
   FeedForward& ffn_;
+  ResidentEmbedding resident_embedding_;
+  TokenEmbedding& embedding_;
   ThreadPool& pool_;
   TransformerOptions options_;
   int n_past_ = 0;

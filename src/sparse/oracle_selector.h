@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "flash/flash_ffn.h"
-#include "sparse/windowed_ffn.h"
+#include "sparse/sparse_feed_forward.h"
 
 namespace flashlm {
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "sparse/predictor.h"
-#include "sparse/windowed_ffn.h"
+#include "sparse/sparse_feed_forward.h"
 
 namespace flashlm {
 

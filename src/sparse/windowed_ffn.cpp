@@ -1,18 +1,12 @@
 #include "sparse/windowed_ffn.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 
 #include "common/error.h"
+#include "common/stopwatch.h"
 
 namespace flashlm {
-namespace {
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-}  // namespace
 
 WindowedSparseFfn::WindowedSparseFfn(const FlashModelFile& file, const ModelConfig& config,
                                      const MemoryPlan& plan, int window,
@@ -33,11 +27,6 @@ WindowedSparseFfn::WindowedSparseFfn(const FlashModelFile& file, const ModelConf
   for (size_t l = 0; l < file.layers().size(); ++l) {
     caches_.emplace_back(file.d_ff(), file.layout().stride, plan.cache_neurons_per_layer, window);
   }
-}
-
-void WindowedSparseFfn::reset_stats() {
-  stats_ = {};
-  sparse_stats_ = {};
 }
 
 void WindowedSparseFfn::add_read_neighbours(const ReadPlan& plan, uint64_t layer_offset,
