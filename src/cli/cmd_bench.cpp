@@ -76,6 +76,7 @@ std::vector<std::string> split(const std::string& s) {
 void measure_predictor(const Model& model, EngineOptions options,
                        const std::vector<int32_t>& prompt, ModeResult& r) {
   options.measure_predictor = true;
+  options.compute_read = false;  // streamed reads consult the predictor only then
   Engine engine(model, options);
   Transformer& tr = engine.transformer();
   tr.forward(prompt);

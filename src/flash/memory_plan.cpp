@@ -160,9 +160,8 @@ std::string MemoryPlan::describe() const {
       }
       if (sparse_reads == SparseReads::Streamed) {
         s += fmt::format(
-            "  FFN (streamed reads): {} of {} neurons per layer resident ({}), the predicted "
-            "ones among them computed; the rest of each layer read whole one layer ahead; "
-            "stream buffers {}\n",
+            "  FFN (streamed reads): {} of {} neurons per layer resident ({}); the rest of each "
+            "layer read whole one layer ahead; stream buffers {}\n",
             resident_neurons_per_layer, d_ff, mib(ffn_dram_bytes), mib(stream_buffer_bytes));
       } else {
         s += fmt::format(

@@ -1,7 +1,7 @@
 // The sparse FFN from flash for dense-ish activity, per token and layer:
 //   wait for this layer's streamed part (its read started while the previous layer computed)
-//   -> start reading the next layer's -> predict the active neurons -> compute the predicted
-//   resident ones and the streamed ones.
+//   -> start reading the next layer's -> compute every neuron under the thresholds (or, with
+//   predicted-only, the neurons the predictor selects).
 //
 // Gated models such as SmolLM2 and Qwen2.5 keep about half of their neurons active per token
 // at the sparsity that holds their quality, spread over the layer. Bundles are smaller than a
@@ -11,7 +11,8 @@
 // instead keeps the first neurons of each layer resident, a contiguous range no read touches,
 // and the rest of the layer arrives in a few large requests that run while the previous layer
 // (and this layer's attention) computes, so the token pays for the bytes and not for the
-// requests or the compute. The predictor chooses which resident neurons are computed.
+// requests or the compute. With every neuron in DRAM the predictor has nothing left to save
+// (see forward()).
 #pragma once
 
 #include <vector>
