@@ -111,11 +111,10 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
   const uint64_t per_neuron = model.layout().stride * static_cast<uint64_t>(p.n_layers);
   const int neurons = static_cast<int>(std::min<uint64_t>((budget - fixed) / per_neuron, p.d_ff));
   const bool sparse = mode == FfnMode::Sparse || mode == FfnMode::SparseOracle;
-  if (mode == FfnMode::Hybrid || (sparse && reads == SparseReads::Streamed)) {
-    p.resident_neurons_per_layer = neurons;
-    p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(neurons);
-  } else if (sparse) {
-    p.cache_neurons_per_layer = neurons;
+  if (mode == FfnMode::Hybrid || sparse) {
+    // Hybrid and streamed reads keep a fixed range resident; planned reads fill a cache.
+    const bool range = mode == FfnMode::Hybrid || reads == SparseReads::Streamed;
+    (range ? p.resident_neurons_per_layer : p.cache_neurons_per_layer) = neurons;
     p.ffn_dram_bytes = per_neuron * static_cast<uint64_t>(neurons);
   }
   return p;

@@ -65,8 +65,10 @@ void StreamedSparseFfn::start_reading(int layer) {
   const FlmLayer& l = file_.layers()[layer];
   const uint64_t align = io_.alignment();
   const size_t stride = file_.layout().stride;
-  const uint64_t first = align_down(l.offset + resident_neurons_ * stride, align);
+  const uint64_t begin = l.offset + resident_neurons_ * stride;
+  const uint64_t first = align_down(begin, align);
   const uint64_t last = align_up(l.offset + l.bytes, align);
+  first_neuron_at_ = begin - first;
   const int buffer = 1 - computing_buffer_;
   requests_ = range_requests(first, last - first, request_bytes_, buffers_[buffer].data());
   const auto start = Clock::now();
@@ -91,9 +93,7 @@ const uint8_t* StreamedSparseFfn::streamed_part(int layer) {
   io_.wait();
   stats_.io_seconds += seconds_since(start);
   computing_buffer_ = 1 - computing_buffer_;
-  const FlmLayer& l = file_.layers()[layer];
-  const uint64_t begin = l.offset + resident_neurons_ * file_.layout().stride;
-  return buffers_[computing_buffer_].data() + (begin - align_down(begin, io_.alignment()));
+  return buffers_[computing_buffer_].data() + first_neuron_at_;
 }
 
 void StreamedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, float* out) {

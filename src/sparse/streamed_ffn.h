@@ -55,7 +55,8 @@ class StreamedSparseFfn : public SparseFeedForward {
   IoEngine io_;
   SparseFfn sparse_ffn_;
   int computing_buffer_ = 0;
-  int reading_layer_ = -1;  // the layer whose streamed part is in flight, or -1
+  int reading_layer_ = -1;        // the layer whose streamed part is in flight, or -1
+  uint64_t first_neuron_at_ = 0;  // where its first streamed neuron lands in its buffer
   uint64_t request_bytes_ = 0;
   std::vector<ReadRequest> requests_;
   std::vector<int32_t> active_;
