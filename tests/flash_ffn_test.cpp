@@ -39,11 +39,14 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b) {
 
 const std::vector<int32_t> kPrompt = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114};
 
+EngineOptions options_for(const std::string& mode, const std::string& budget = "") {
+  return {.threads = 2, .context_size = 64, .max_batch = 8, .mode = mode, .mem_budget = budget};
+}
+
 std::vector<float> logits_of(const std::string& path, const std::string& mode,
                              const std::string& budget = "") {
   auto model = Model::load(path);
-  Engine engine(*model, {.threads = 2, .context_size = 64, .max_batch = 8, .mode = mode,
-                         .mem_budget = budget});
+  Engine engine(*model, options_for(mode, budget));
   std::vector<float> out;
   for (size_t i = 0; i < kPrompt.size(); ++i) {
     auto logits = engine.transformer().forward(std::span(&kPrompt[i], 1));
@@ -99,11 +102,12 @@ TEST(SparseFfn, DisjointNeuronSetsSumToTheWholeLayer) {
   EXPECT_LT(max_abs_diff(whole, split), 1e-5);
 }
 
-// A budget that covers the resident part and stream buffers plus `ffn_share` of the FFN.
+// A budget that covers what hybrid mode needs besides FFN neurons (resident part, stream
+// buffers, KV cache, working buffers, the process itself) plus `ffn_share` of the FFN.
 std::string budget_with_ffn_share(const std::string& flm_path, double ffn_share) {
   auto model = Model::load(flm_path);
-  const MemoryPlan fixed = plan_memory(*model->flash, FfnMode::Hybrid, ~uint64_t{0} / 4);
-  const uint64_t bytes = fixed.resident_bytes + fixed.stream_buffer_bytes +
+  const MemoryPlan fixed = plan_engine_memory(*model, options_for("hybrid"));
+  const uint64_t bytes = fixed.fixed_bytes() +
                          static_cast<uint64_t>(ffn_share * static_cast<double>(fixed.ffn_bytes));
   return std::to_string(bytes);
 }
@@ -191,9 +195,9 @@ TEST(FlashModes, HybridKeepsTheBudget) {
   auto model = Model::load(m.flm);
   for (double share : {0.0, 0.3, 0.7, 1.0}) {
     const std::string budget = budget_with_ffn_share(m.flm, share);
-    Engine engine(*model, {.mode = "hybrid", .mem_budget = budget});
+    Engine engine(*model, options_for("hybrid", budget));
     ASSERT_NE(engine.plan(), nullptr);
-    EXPECT_LE(engine.plan()->dram_bytes(), engine.plan()->budget) << budget;
+    EXPECT_LE(engine.plan()->total_bytes(), engine.plan()->budget) << budget;
   }
 }
 

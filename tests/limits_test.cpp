@@ -146,7 +146,7 @@ TEST(Limits, ContextWhoseKvCacheExceedsMemoryIsRefusedWithTheNumbers) {
   const std::string path = temp_path("kv.gguf");
   testing::write_tiny_model(path);
   auto model = Model::load(path);
-  // 2 layers x 2^30 tokens x 32 values x 2 x 4 bytes = 512 GiB.
+  // 2 layers x 2^30 tokens x 32 values x 2 x 2 bytes (the default F16 cache) = 256 GiB.
   expect_error_containing(
       [&] { Engine engine(*model, {.threads = 1, .context_size = 1 << 30}); }, "KV cache");
   EXPECT_NO_THROW(Engine(*model, {.threads = 1, .context_size = 128}));

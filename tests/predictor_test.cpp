@@ -115,6 +115,70 @@ TEST(PredictorSelector, AlwaysSelectsThePinnedNeurons) {
   EXPECT_EQ(active, (std::vector<int32_t>{5, 61}));
 }
 
+TEST(PredictorSelector, CompactPredictorSelectsAsTheF32OneExceptAtNearTies) {
+  // SmolLM2's shape with a rank-64 predictor, scaled so that A x and the logits spread about 1,
+  // and a decision that selects about a third: many decisions close to the threshold.
+  const int d_model = 576, d_ff = 1536, rank = 64;
+  LayerPredictor layer(rank, d_model, d_ff);
+  layer.a = testing::random_floats(layer.a.size(), 11, std::sqrt(3.0f / d_model));
+  layer.b = testing::random_floats(layer.b.size(), 12, std::sqrt(3.0f / rank));
+  layer.bias = testing::random_floats(d_ff, 13, 0.5f);
+  layer.decision = 0.5f;
+  ActivationPredictor predictor;
+  predictor.layers.push_back(layer);
+  ThreadPool pool(2);
+  PredictorSelector selector(predictor, pool);
+
+  const uint64_t f32_bytes = (layer.a.size() + layer.b.size() + layer.bias.size()) * sizeof(float);
+  EXPECT_EQ(selector.predictor().bytes(), PredictorSelector::bytes_for(predictor));
+  EXPECT_LT(selector.predictor().bytes(), f32_bytes * 0.51);
+
+  // F16 keeps 11 significant bits of each weight: the rounding errors of a logit's rank x
+  // d_model products add up to about 2^-11 of its spread (measured at most 1.6e-3 over these
+  // inputs), so only decisions that close to the threshold may flip; 0.01 is 6x that.
+  constexpr float kMargin = 0.01f;
+  const int kInputs = 200;
+  std::vector<float> inputs, hidden(rank), logits(d_ff);
+  std::vector<int32_t> active, batch_union;
+  int64_t agree = 0, total = 0, selected = 0;
+  float worst = 0;
+  for (int n = 0; n < kInputs; ++n) {
+    const std::vector<float> x = testing::random_floats(d_model, 100 + n, std::sqrt(3.0f));
+    inputs.insert(inputs.end(), x.begin(), x.end());
+    layer.logits(x.data(), hidden.data(), logits.data());
+    selector.select(0, x.data(), 1, active);
+    std::vector<uint8_t> chosen(d_ff, 0);
+    for (int32_t i : active) chosen[i] = 1;
+    if (n < 8) batch_union.insert(batch_union.end(), active.begin(), active.end());
+    for (int i = 0; i < d_ff; ++i) {
+      const bool expected = logits[i] > layer.decision;
+      selected += expected;
+      ++total;
+      if (chosen[i] == expected) {
+        ++agree;
+      } else {
+        worst = std::max(worst, std::abs(logits[i] - layer.decision));
+      }
+    }
+  }
+  EXPECT_GT(selected, total / 5);
+  EXPECT_LT(selected, total / 2);
+  EXPECT_GE(static_cast<double>(agree) / static_cast<double>(total), 0.995);
+  EXPECT_LT(worst, kMargin);
+  std::printf("compact predictor: %.4f%% of %lld decisions agree, the worst flip %.5f from the "
+              "threshold; %llu bytes, F32 %llu\n",
+              100.0 * static_cast<double>(agree) / static_cast<double>(total),
+              static_cast<long long>(total), worst,
+              static_cast<unsigned long long>(selector.predictor().bytes()),
+              static_cast<unsigned long long>(f32_bytes));
+
+  // A batch selects the union of its tokens' selections.
+  std::sort(batch_union.begin(), batch_union.end());
+  batch_union.erase(std::unique(batch_union.begin(), batch_union.end()), batch_union.end());
+  selector.select(0, inputs.data(), 8, active);
+  EXPECT_EQ(active, batch_union);
+}
+
 std::string write_profile(const std::string& path, int n_layers, const std::vector<float>& levels,
                           float threshold) {
   SparsityProfile profile;
@@ -259,8 +323,8 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 TEST(SparseMode, NeedsATrainedPredictor) {
   const SparseModel m = calibrated_model("no-predictor");
   try {
-    Engine engine(*m.model, {.mode = "sparse", .sparsity = 0.5f});
-    FAIL() << "sparse mode without a predictor must be refused";
+    Engine engine(*m.model, {.mode = "sparse", .sparsity = 0.5f, .sparse_reads = "planned"});
+    FAIL() << "planned sparse reads without a predictor must be refused";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("train-predictor"), std::string::npos) << e.what();
   }
@@ -312,8 +376,8 @@ TEST(SparseMode, OracleEqualsDenseWithOrWithoutOverlapUnderAnyBudget) {
   const auto dense = logits_of(*m.model, "dense");
   for (SparseReads reads : {SparseReads::Planned, SparseReads::Streamed}) {
     const MemoryPlan roomy =
-        plan_memory(*m.model->flash, FfnMode::SparseOracle, ~uint64_t{0} / 4, reads);
-    const uint64_t fixed = roomy.resident_bytes + roomy.stream_buffer_bytes;
+        plan_engine_memory(*m.model, oracle_options("", sparse_reads_name(reads), true));
+    const uint64_t fixed = roomy.fixed_bytes();
     const std::string tight = std::to_string(fixed + roomy.ffn_bytes / 20);
     const std::string nothing_cached = std::to_string(fixed);
     for (const std::string& budget : {std::string(), tight, nothing_cached}) {
@@ -329,7 +393,7 @@ TEST(SparseMode, OracleEqualsDenseWithOrWithoutOverlapUnderAnyBudget) {
                                               sparse_reads_name(reads), budget, overlap);
         EXPECT_LT(max_abs_diff(got, dense), 1e-4) << where;
         if (!budget.empty()) {
-          EXPECT_LE(engine.plan()->dram_bytes(), engine.plan()->budget) << where;
+          EXPECT_LE(engine.plan()->total_bytes(), engine.plan()->budget) << where;
           EXPECT_GT(engine.flash_stats()->bytes_read, 0u) << where;
         }
       }
@@ -344,10 +408,8 @@ TEST(SparseMode, OracleEqualsDenseWithOrWithoutOverlapUnderAnyBudget) {
 TEST(SparseMode, StreamedReadsReadEachLayerOnceAhead) {
   const SparseModel m = calibrated_model("streamed-reads");
   const FlashModelFile& flm = *m.model->flash;
-  const MemoryPlan roomy =
-      plan_memory(flm, FfnMode::SparseOracle, ~uint64_t{0} / 4, SparseReads::Streamed);
-  const std::string budget =
-      std::to_string(roomy.resident_bytes + roomy.stream_buffer_bytes + roomy.ffn_bytes / 4);
+  const MemoryPlan roomy = plan_engine_memory(*m.model, oracle_options("", "streamed", true));
+  const std::string budget = std::to_string(roomy.fixed_bytes() + roomy.ffn_bytes / 4);
   const int layers = static_cast<int>(flm.layers().size());
   for (bool overlap : {true, false}) {
     Engine engine(*m.model, oracle_options(budget, "streamed", overlap));

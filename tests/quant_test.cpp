@@ -260,6 +260,21 @@ TEST_P(QuantKernels, DequantizeAndAxpyMatchReference) {
   }
 }
 
+TEST(QuantKernels, F16QuantizeRowMatchesReferenceBitForBit) {
+  // Ordinary values, values past the F16 range (infinity), subnormals and zeros, and a length
+  // that leaves a tail after the vector loop.
+  std::vector<float> x = random_floats(1001, 3, 4.0f);
+  const std::vector<float> large = random_floats(100, 4, 1e5f), tiny = random_floats(100, 5, 1e-6f);
+  x.insert(x.end(), large.begin(), large.end());
+  x.insert(x.end(), tiny.begin(), tiny.end());
+  x.insert(x.end(), {0.0f, -0.0f, 65504.0f, 65520.0f, 6.1e-5f, 5.96e-8f, 2.98e-8f});
+  const int64_t n = std::ssize(x);
+  std::vector<uint16_t> fast(n), reference(n);
+  quantize_row(TensorType::F16, x.data(), fast.data(), n);
+  quantize_row_reference(TensorType::F16, x.data(), reference.data(), n);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(fast[i], reference[i]) << "x = " << x[i];
+}
+
 // ---- (c) round trip of the reference quantizer ----------------------------------------------
 
 // Largest allowed error of one element, as a multiple of the largest |x| of its block (simple

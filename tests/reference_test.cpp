@@ -71,7 +71,8 @@ Loaded* load(const std::string& model) {
     slot = std::make_unique<Loaded>();
     slot->reference = read_reference(model);
     slot->model = Model::load(source_path("models/" + model));
-    slot->engine = std::make_unique<Engine>(*slot->model, EngineOptions{.context_size = 1024});
+    slot->engine = std::make_unique<Engine>(
+        *slot->model, EngineOptions{.context_size = 1024, .all_logits = true});
   }
   return slot.get();
 }

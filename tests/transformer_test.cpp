@@ -63,9 +63,20 @@ void add(std::vector<float>& v, const Vector& b) {
   if (b) for (size_t i = 0; i < v.size(); ++i) v[i] += b.data[i];
 }
 
-// Logits of every position of `tokens`, computed one token at a time from the definition.
+// The values a KV cache of `type` gives back for `v`: stored and read again.
+std::vector<float> stored(TensorType type, const std::vector<float>& v) {
+  std::vector<uint8_t> bytes(row_bytes(type, std::ssize(v)));
+  std::vector<float> out(v.size());
+  quantize_row_reference(type, v.data(), bytes.data(), std::ssize(v));
+  dequantize_row_reference(type, bytes.data(), out.data(), std::ssize(v));
+  return out;
+}
+
+// Logits of every position of `tokens`, computed one token at a time from the definition, with
+// keys and values kept as a cache of `cache_type` would keep them.
 std::vector<std::vector<float>> naive_forward(const ModelConfig& c, const ModelWeights& w,
-                                              const std::vector<int32_t>& tokens) {
+                                              const std::vector<int32_t>& tokens,
+                                              TensorType cache_type = TensorType::F32) {
   const int hd = c.head_dim;
   std::vector<std::vector<std::vector<float>>> keys(c.n_layers), values(c.n_layers);
   std::vector<std::vector<float>> all_logits;
@@ -82,8 +93,8 @@ std::vector<std::vector<float>> naive_forward(const ModelConfig& c, const ModelW
       add(v, L.bv);
       rope(q, c.n_heads, hd, static_cast<int>(pos), c.rope_base, c.rope_style);
       rope(k, c.n_kv_heads, hd, static_cast<int>(pos), c.rope_base, c.rope_style);
-      keys[l].push_back(k);
-      values[l].push_back(v);
+      keys[l].push_back(stored(cache_type, k));
+      values[l].push_back(stored(cache_type, v));
       std::vector<float> attn(c.q_dim(), 0.f);
       for (int h = 0; h < c.n_heads; ++h) {
         const int kvh = h / (c.n_heads / c.n_kv_heads);
@@ -149,7 +160,11 @@ TEST_P(TransformerVsNaive, LogitsMatchTheDefinition) {
 
   ThreadPool pool(2);
   DenseFeedForward ffn(m.config, m.weights, pool);
-  Transformer tr(m.config, m.weights, ffn, pool, {.context_size = 64, .max_batch = 16});
+  Transformer tr(m.config, m.weights, ffn, pool,
+                 {.context_size = 64,
+                  .max_batch = 16,
+                  .kv_type_k = TensorType::F32,
+                  .kv_type_v = TensorType::F32});
   // The activations are quantized to 8 bits for quantized weights, F32 for F32 weights.
   const double tolerance = spec.weight_type == TensorType::F32 ? 2e-4 : 3e-2;
   for (size_t i = 0; i < kTokens.size(); ++i) {
@@ -164,6 +179,115 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple("qwen2", TensorType::F32),
                       std::make_tuple("llama", TensorType::Q8_0),
                       std::make_tuple("llama", TensorType::Q4_1)));
+
+// The KV cache in F16 or Q8_0, on a model whose head_dim (32) is a whole Q8_0 block.
+class KvCacheTypes : public ::testing::TestWithParam<TensorType> {};
+
+TEST_P(KvCacheTypes, LogitsMatchTheDefinitionWithTheCacheRounded) {
+  const TensorType type = GetParam();
+  Loaded m = load_tiny({.n_heads = 2, .n_kv_heads = 1}, "tiny-hd32.gguf");
+  ASSERT_EQ(m.config.head_dim, 32);
+  const auto rounded = naive_forward(m.config, m.weights, kTokens, type);
+  const auto exact = naive_forward(m.config, m.weights, kTokens);
+  ThreadPool pool(2);
+  DenseFeedForward ffn(m.config, m.weights, pool);
+  Transformer tr(m.config, m.weights, ffn, pool,
+                 {.context_size = 64, .max_batch = 16, .kv_type_k = type, .kv_type_v = type});
+  // Against the definition with the same rounded keys and values, what is left is the kernels'
+  // summation order (F16: as F32's tolerance) and, for Q8_0 keys, the query quantized to 8 bits
+  // per block like every activation of a quantized weight (TransformerVsNaive's 3e-2).
+  const double tolerance = type == TensorType::F16 ? 2e-4 : 3e-2;
+  // Against the exact definition the rounding shows: 11 significant bits (F16) move logits of
+  // magnitude ~2 by ~1e-3 at most; 8 bits per block (Q8_0) by ~1e-2 (measured: 6.7e-4, 1.3e-2).
+  const double cost = type == TensorType::F16 ? 2e-3 : 5e-2;
+  for (size_t i = 0; i < kTokens.size(); ++i) {
+    auto logits = tr.forward(std::span(&kTokens[i], 1));
+    EXPECT_LT(max_abs_diff(logits, rounded[i]), tolerance) << "position " << i;
+    EXPECT_LT(max_abs_diff(logits, exact[i]), cost) << "position " << i;
+  }
+}
+
+std::string cache_type_name(const ::testing::TestParamInfo<TensorType>& info) {
+  return type_name(info.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, KvCacheTypes, ::testing::Values(TensorType::F16, TensorType::Q8_0),
+                         cache_type_name);
+
+TEST(Transformer, KvCacheTypesByNameAndSize) {
+  EXPECT_EQ(parse_kv_cache_type("f32"), TensorType::F32);
+  EXPECT_EQ(parse_kv_cache_type("f16"), TensorType::F16);
+  EXPECT_EQ(parse_kv_cache_type("q8_0"), TensorType::Q8_0);
+  try {
+    parse_kv_cache_type("q4_0");
+    FAIL() << "q4_0 is not a KV cache type";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("f32, f16 and q8_0"), std::string::npos) << e.what();
+  }
+  Loaded m = load_tiny({.n_heads = 2, .n_kv_heads = 1}, "tiny-sizes.gguf");
+  ThreadPool pool(1);
+  DenseFeedForward ffn(m.config, m.weights, pool);
+  // 2 layers x 40 positions x 32 values, keys and values: F32 4 bytes each, F16 2, Q8_0 34/32.
+  const uint64_t values = 2 * 2 * 40 * 32;
+  for (const auto& [type, bytes] : {std::pair{TensorType::F32, values * 4},
+                                    std::pair{TensorType::F16, values * 2},
+                                    std::pair{TensorType::Q8_0, values / 32 * 34}}) {
+    Transformer tr(m.config, m.weights, ffn, pool,
+                   {.context_size = 40, .kv_type_k = type, .kv_type_v = type});
+    EXPECT_EQ(tr.kv_cache_bytes(), bytes) << type_name(type);
+    EXPECT_EQ(Transformer::kv_cache_bytes(m.config, 40, type, type), bytes) << type_name(type);
+  }
+  EXPECT_EQ(Transformer::kv_cache_bytes(m.config, 40, TensorType::Q8_0, TensorType::F32),
+            values / 2 / 32 * 34 + values / 2 * 4);
+}
+
+TEST(Transformer, RefusesACacheTypeTheHeadsDoNotDivideInto) {
+  Loaded m = load_tiny({}, "tiny-hd16.gguf");  // head_dim 16: half a Q8_0 block
+  ASSERT_EQ(m.config.head_dim, 16);
+  ThreadPool pool(1);
+  DenseFeedForward ffn(m.config, m.weights, pool);
+  for (const TransformerOptions& options :
+       {TransformerOptions{.kv_type_k = TensorType::Q8_0},
+        TransformerOptions{.kv_type_v = TensorType::Q8_0},
+        TransformerOptions{.kv_type_k = TensorType::Q4_0}}) {
+    try {
+      Transformer tr(m.config, m.weights, ffn, pool, options);
+      FAIL() << "must be refused: Q8_0 with head_dim 16, or Q4_0 at all";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--cache-type-"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(Transformer::kv_cache_bytes(m.config, 8, TensorType::Q8_0, TensorType::F16), Error);
+}
+
+TEST(Transformer, EveryTokensLogitsOnlyWhenBuiltForThem) {
+  Loaded m = load_tiny({}, "tiny-logits.gguf");
+  ThreadPool pool(1);
+  DenseFeedForward ffn(m.config, m.weights, pool);
+  Transformer last_only(m.config, m.weights, ffn, pool, {.context_size = 32, .max_batch = 16});
+  try {
+    last_only.forward(kTokens, true);
+    FAIL() << "all logits from a Transformer built without all_logits";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("all_logits"), std::string::npos) << e.what();
+  }
+  Transformer all(m.config, m.weights, ffn, pool,
+                  {.context_size = 32, .max_batch = 16, .all_logits = true});
+  const auto every = all.forward(kTokens, true);
+  ASSERT_EQ(every.size(), kTokens.size() * m.config.vocab_size);
+  last_only.truncate(0);
+  const auto last = last_only.forward(kTokens);
+  EXPECT_EQ(max_abs_diff(every.subspan((kTokens.size() - 1) * m.config.vocab_size),
+                         std::vector<float>(last.begin(), last.end())),
+            0.0);
+  // The logits rows are the whole difference between the two in memory.
+  const TransformerOptions one_row{.context_size = 32, .max_batch = 16};
+  TransformerOptions all_rows = one_row;
+  all_rows.all_logits = true;
+  EXPECT_EQ(Transformer::scratch_bytes(m.config, all_rows, 2) -
+                Transformer::scratch_bytes(m.config, one_row, 2),
+            15ull * m.config.vocab_size * sizeof(float));
+}
 
 TEST(Transformer, BatchedPromptEqualsTokenByToken) {
   Loaded m = load_tiny({.weight_type = TensorType::Q8_0}, "tiny-q8.gguf");

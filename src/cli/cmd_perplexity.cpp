@@ -30,6 +30,7 @@ void perplexity(const PerplexityOptions& o) {
   auto model = Model::load(o.common.model_path);
   EngineOptions options = o.common.engine_options();
   options.max_batch = o.batch;
+  options.all_logits = true;  // every scored token's logits
   Engine engine(*model, options);
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   const PerplexityResult r = evaluate_perplexity(

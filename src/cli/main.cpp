@@ -1,8 +1,11 @@
 // flashlm: run language models whose weights live on flash.
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/process_memory.h"
 #include "common/thread_pool.h"
 
 namespace flashlm {
@@ -24,21 +27,34 @@ void CommonOptions::add_context(CLI::App& cmd, int default_size) {
   cmd.add_option("-c,--ctx-size", engine.context_size, "Context size in tokens (KV cache length)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
+  cmd.add_option("--cache-type-k", engine.cache_type_k,
+                 "KV cache type of the keys (also -ctk): f32, f16 or q8_0 (f16: half of f32's "
+                 "memory, q8_0: about a quarter)")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}))
+      ->capture_default_str()
+      ->envname("FLASHLM_CACHE_TYPE_K");
+  cmd.add_option("--cache-type-v", engine.cache_type_v,
+                 "KV cache type of the values (also -ctv): f32, f16 or q8_0")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}))
+      ->capture_default_str()
+      ->envname("FLASHLM_CACHE_TYPE_V");
 }
 
 void CommonOptions::add_flash(CLI::App& cmd) {
   cmd.add_option("--mode", engine.mode,
-                 "Where the FFN comes from: dense (all in DRAM), naive (every neuron read from "
+                 "Where the FFN comes from: auto (default: dense when --mem-budget holds the whole "
+                 "model, else sparse with streamed reads), dense (all in DRAM), naive (every neuron read from "
                  "flash every token), hybrid (part resident, the rest read), mmap (the page cache "
                  "decides), sparse (predicted neurons through a windowed DRAM cache), "
                  "sparse-oracle (the true active neurons; a measuring instrument); all but dense "
                  "need a .flm model (flashlm convert)")
-      ->check(CLI::IsMember({"dense", "naive", "hybrid", "mmap", "sparse", "sparse-oracle"}))
+      ->check(CLI::IsMember({"auto", "dense", "naive", "hybrid", "mmap", "sparse", "sparse-oracle"}))
       ->capture_default_str()
       ->envname("FLASHLM_MODE");
   cmd.add_option("--mem-budget", engine.mem_budget,
-                 "Bytes of weights allowed in DRAM: a size (300M, 1.5G), a percentage of the "
-                 "model (50%) or bytes; .flm models only")
+                 "Memory the whole process may use for the model (weights, KV cache, buffers, "
+                 "predictors, the process itself): a size (300M, 1.5G), a percentage of the "
+                 "source GGUF's size (50%) or bytes; the plan printed at start shows each part")
       ->envname("FLASHLM_MEM_BUDGET");
   cmd.add_option("--io", io, "Flash read backend: auto, uring (io_uring) or pread (thread pool)")
       ->check(CLI::IsMember({"auto", "uring", "pread"}))
@@ -99,9 +115,21 @@ EngineOptions CommonOptions::engine_options() const {
   return o;
 }
 
+// llama.cpp's flags of several letters after one dash, spelled as their long names: CLI11
+// reads "-ctk" as -c with the value "tk".
+std::vector<std::string> with_long_names(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (std::string& arg : args) {
+    if (arg == "-ctk") arg = "--cache-type-k";
+    if (arg == "-ctv") arg = "--cache-type-v";
+  }
+  return args;
+}
+
 }  // namespace flashlm
 
 int main(int argc, char** argv) {
+  flashlm::return_freed_memory_promptly();
   CLI::App app{"flashlm: LLM inference with the weights on flash and a small DRAM budget"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "flashlm 0.1.0");
@@ -118,7 +146,10 @@ int main(int argc, char** argv) {
   flashlm::register_probe_command(app);
   flashlm::register_train_predictor_command(app);
   try {
-    app.parse(argc, argv);
+    std::vector<std::string> args = flashlm::with_long_names(argc, argv);
+    std::vector<char*> arg_pointers;
+    for (std::string& arg : args) arg_pointers.push_back(arg.data());
+    app.parse(argc, arg_pointers.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const flashlm::Error& e) {

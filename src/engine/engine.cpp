@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "common/error.h"
+#include "common/process_memory.h"
 #include "flash/probe.h"
 #include "flash/read_plan.h"
 #include "gguf/gguf.h"
@@ -28,8 +31,21 @@ SparsityProfile load_profile(const Model& model, const EngineOptions& options) {
   return SparsityProfile::from_gguf(*file, model.config.n_layers);
 }
 
+PlannerSettings planner_settings(const EngineOptions& options) {
+  return options.device_profile.empty() ? default_device_profile().planner
+                                        : load_device_profile(options.device_profile).planner;
+}
+
 ActivationPredictor load_predictor(const Model& model, const EngineOptions& options) {
-  auto file = GgufFile::open(sparse_path(model, options));
+  std::unique_ptr<GgufFile> file;
+  try {
+    file = GgufFile::open(sparse_path(model, options));
+  } catch (const Error& e) {
+    fail("{}\nthis sparse mode consults an activation predictor: flashlm calibrate -m {} -f TEXT, "
+         "then flashlm train-predictor -m {} -f TEXT --sparsity {:.2f} (or --sparse-reads "
+         "streamed, which needs neither)",
+         e.what(), model.file->path(), model.file->path(), options.sparsity);
+  }
   const ModelConfig& c = model.config;
   std::optional<ActivationPredictor> predictor =
       ActivationPredictor::from_gguf(*file, options.sparsity, c.n_layers, c.d_model, c.d_ff);
@@ -48,11 +64,8 @@ ActivationPredictor load_predictor(const Model& model, const EngineOptions& opti
 // The KV cache is the one allocation sized by a request (-c) times the model's shape; checked
 // in 64 bits against the machine's memory before it is made, it fails with numbers instead of
 // an out-of-memory kill.
-void check_kv_cache_fits(const ModelConfig& c, const EngineOptions& options) {
+void check_kv_cache_fits(const ModelConfig& c, const EngineOptions& options, uint64_t kv_bytes) {
   if (options.context_size <= 0 || options.max_batch <= 0) return;  // the transformer says so
-  const uint64_t kv_bytes = 2ull * static_cast<uint64_t>(c.n_layers) *
-                            static_cast<uint64_t>(options.context_size) *
-                            static_cast<uint64_t>(c.kv_dim()) * sizeof(float);
   const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
   if (pages <= 0 || page_size <= 0) return;
   const uint64_t memory = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
@@ -64,17 +77,113 @@ void check_kv_cache_fits(const ModelConfig& c, const EngineOptions& options) {
   }
 }
 
+// The process's own memory before the first engine allocates anything: code and libraries,
+// the tokenizer, the model's metadata pages, the heap so far. Measured once: a later engine in
+// the same process (bench runs one per mode) starts from the same base.
+uint64_t process_base_bytes() {
+  static const uint64_t base = resident_set_bytes();
+  return base;
+}
+
+// Everything but weights and FFN buffers that an engine with these options will allocate.
+WorkingMemory working_memory(const Model& model, const EngineOptions& options, int threads,
+                             uint64_t predictor_bytes) {
+  const ModelConfig& c = model.config;
+  WorkingMemory w;
+  w.process = process_base_bytes();
+  const TransformerOptions t = transformer_options(options, nullptr);
+  w.kv_cache = Transformer::kv_cache_bytes(c, t.context_size, t.kv_type_k, t.kv_type_v);
+  // The forward pass's buffers, the FFN's (gate, up and hidden rows of a batch, the sparse
+  // kernel's per-slice sums) and every linear layer's prepared inputs (int16 values and
+  // per-group scales of the widest input).
+  const uint64_t batch = static_cast<uint64_t>(std::max(options.max_batch, 1));
+  const uint64_t widest = std::max({c.d_model, c.d_ff, c.q_dim()});
+  w.activations = Transformer::scratch_bytes(c, t, threads) +
+                  batch * c.d_ff * 3 * sizeof(float) +
+                  static_cast<uint64_t>(threads + 1) * batch * c.d_model * sizeof(float) +
+                  batch * widest * 3;
+  w.predictors = predictor_bytes;
+  // Not countable: malloc's slack, thread stacks and code pages touched later. Measured on the
+  // three real models in every mode (peak RSS against this plan): 1-2 MiB plus about 1% of
+  // what is counted.
+  w.reserve = (4ull << 20) + (w.kv_cache + w.activations + w.predictors) / 64;
+  return w;
+}
+
+// The mode to run when the user leaves it to us (--mode auto): dense when the budget holds the
+// whole model, else sparse with streamed reads, which read a layer ahead while the previous
+// one computes (at --sparsity 0 it computes every neuron: lossless).
+FfnMode choose_mode(const Model& model, const EngineOptions& options, uint64_t budget,
+                    const WorkingMemory& working, std::string& reason) {
+  if (!model.flash) {
+    reason = "a GGUF model runs dense";
+    return FfnMode::Dense;
+  }
+  if (options.mem_budget.empty()) {
+    reason = "no --mem-budget: the whole model in DRAM";
+    return FfnMode::Dense;
+  }
+  const MemoryPlan dense =
+      plan_memory(*model.flash, FfnMode::Dense, ~uint64_t{0} / 4, SparseReads::Planned, working);
+  if (dense.fixed_bytes() <= budget) {
+    reason = "dense: the budget holds the whole model";
+    return FfnMode::Dense;
+  }
+  reason = fmt::format(
+      "sparse with streamed reads: the budget holds {:.0f} of the {:.0f} MiB the model needs in "
+      "DRAM, so the FFN streams from flash, each layer read while the previous one computes{}",
+      budget / 1048576.0, dense.fixed_bytes() / 1048576.0,
+      options.sparsity > 0 ? "" : "; every neuron computed (lossless; --sparsity S drops the "
+                                  "weakest activations)");
+  return FfnMode::Sparse;
+}
+
 }  // namespace
 
-Engine::Engine(const Model& model, const EngineOptions& options)
-    : model_(model), pool_(options.threads > 0 ? options.threads : ThreadPool::default_threads()) {
-  check_kv_cache_fits(model.config, options);
-  const FfnMode mode = parse_ffn_mode(options.mode);
+TransformerOptions transformer_options(const EngineOptions& options, TokenEmbedding* embedding) {
+  return TransformerOptions{.context_size = options.context_size,
+                            .max_batch = options.max_batch,
+                            .embedding = embedding,
+                            .kv_type_k = parse_kv_cache_type(options.cache_type_k),
+                            .kv_type_v = parse_kv_cache_type(options.cache_type_v),
+                            .all_logits = options.all_logits};
+}
+
+MemoryPlan plan_engine_memory(const Model& model, const EngineOptions& options) {
+  std::optional<ActivationPredictor> predictor;
+  return Engine::plan(model, options, predictor);
+}
+
+MemoryPlan Engine::plan(const Model& model, const EngineOptions& options,
+                        std::optional<ActivationPredictor>& predictor) {
+  const int threads = options.threads > 0 ? options.threads : ThreadPool::default_threads();
   if (options.sparsity < 0 || options.sparsity >= 1) {
     fail("--sparsity must be in [0, 1), got {}", options.sparsity);
   }
-  const bool sparse_mode = mode == FfnMode::Sparse || mode == FfnMode::SparseOracle;
-  FeedForward* ffn = nullptr;
+  // What a percentage is a share of: the GGUF the user has.
+  uint64_t base = 0;
+  std::string base_what;
+  if (!model.flash) {
+    base = model.file->file_size();
+    base_what = "GGUF model";
+  } else if (model.flash->source_bytes() > 0) {
+    base = model.flash->source_bytes();
+    base_what = "source GGUF (recorded by convert)";
+  } else {
+    for (const GgufTensor& t : model.flash->gguf().tensors()) base += t.bytes;
+    base += model.flash->bundle_region_bytes();
+    base_what = ".flm's weights (converted before the source size was recorded: re-convert for "
+                "a share of the GGUF)";
+  }
+  const bool budget_given = !options.mem_budget.empty();
+  const uint64_t budget =
+      budget_given ? parse_memory_budget(options.mem_budget, base) : ~uint64_t{0} / 4;
+  WorkingMemory working = working_memory(model, options, threads, 0);
+
+  std::string reason;
+  const FfnMode mode = options.mode == "auto" ? choose_mode(model, options, budget, working, reason)
+                                              : parse_ffn_mode(options.mode);
+  MemoryPlan plan;
   if (!model.flash) {
     if (mode != FfnMode::Dense || options.sparsity > 0) {
       fail("{} streams or thresholds the FFN of a .flm file, and '{}' is a GGUF model; convert it "
@@ -82,46 +191,68 @@ Engine::Engine(const Model& model, const EngineOptions& options)
            options.sparsity > 0 ? "--sparsity" : options.mode + " mode", model.file->path(),
            model.file->path());
     }
-    dense_ffn_ = std::make_unique<DenseFeedForward>(model.config, model.weights, pool_);
-    ffn = dense_ffn_.get();
+    plan = plan_gguf_memory(*model.file, budget, working);
   } else {
     const FlashModelFile& flm = *model.flash;
-    uint64_t total = 0;
-    for (const GgufTensor& t : flm.gguf().tensors()) total += t.bytes;
-    total += flm.bundle_region_bytes();
-    const uint64_t budget =
-        options.mem_budget.empty() ? total * 2 : parse_memory_budget(options.mem_budget, total);
-    const PlannerSettings planner = options.device_profile.empty()
-                                        ? default_device_profile().planner
-                                        : load_device_profile(options.device_profile).planner;
+    const bool sparse_mode = mode == FfnMode::Sparse || mode == FfnMode::SparseOracle;
     SparseReads reads = SparseReads::Planned;
     double coverage = 0;
     if (sparse_mode) {
       // The active share is 1 - sparsity by the thresholds' construction.
-      coverage =
-          expected_read_coverage(flm.d_ff(), flm.layout().stride, 1.0 - options.sparsity, planner);
+      coverage = expected_read_coverage(flm.d_ff(), flm.layout().stride, 1.0 - options.sparsity,
+                                        planner_settings(options));
       reads = parse_sparse_reads(options.sparse_reads, coverage);
     }
-    plan_ = plan_memory(flm, mode, budget, reads);
-    plan_->expected_read_coverage = coverage;
-    std::vector<float> thresholds;
-    if (options.sparsity > 0 || sparse_mode) {
-      thresholds = load_profile(model, options).at(options.sparsity);
+    // Streamed reads compute every neuron they bring in and never ask the predictor, unless
+    // told to compute only the predicted ones (or bench measures it).
+    const bool needs_predictor =
+        mode == FfnMode::Sparse &&
+        (reads == SparseReads::Planned || !options.compute_read || options.measure_predictor);
+    if (needs_predictor) {
+      predictor = load_predictor(model, options);
+      working = working_memory(model, options, threads, PredictorSelector::bytes_for(*predictor));
     }
+    plan = plan_memory(flm, mode, budget, reads, working);
+    plan.expected_read_coverage = coverage;
+  }
+  plan.budget_given = budget_given;
+  plan.percent_base = base;
+  plan.percent_base_what = base_what;
+  plan.mode_reason = reason;
+  return plan;
+}
+
+Engine::Engine(const Model& model, const EngineOptions& options)
+    : model_(model), pool_(options.threads > 0 ? options.threads : ThreadPool::default_threads()) {
+  std::optional<ActivationPredictor> predictor;
+  plan_ = plan(model, options, predictor);
+  check_kv_cache_fits(model.config, options, plan_->working.kv_cache);
+  const FfnMode mode = plan_->mode;
+  const bool sparse_mode = mode == FfnMode::Sparse || mode == FfnMode::SparseOracle;
+  FeedForward* ffn = nullptr;
+  if (!model.flash) {
+    dense_ffn_ = std::make_unique<DenseFeedForward>(model.config, model.weights, pool_);
+    ffn = dense_ffn_.get();
+  } else {
+    const FlashModelFile& flm = *model.flash;
+    const SparseReads reads = plan_->sparse_reads;
+    // No thresholds at --sparsity 0: every neuron counts (lossless), no calibration needed.
+    std::vector<float> thresholds;
+    if (options.sparsity > 0) thresholds = load_profile(model, options).at(options.sparsity);
     if (!sparse_mode) {
       flash_ffn_ = std::make_unique<FlashFeedForward>(flm, model.config, *plan_,
                                                       options.io_backend, pool_);
       flash_ffn_->set_thresholds(thresholds);
       ffn = flash_ffn_.get();
     } else {
+      if (thresholds.empty()) thresholds.assign(flm.layers().size(), 0.0f);
       if (mode == FfnMode::SparseOracle || options.measure_predictor) {
         oracle_copy_ = std::make_unique<FlashFeedForward>(
             flm, model.config, plan_memory(flm, FfnMode::Dense, ~uint64_t{0} / 4),
             options.io_backend, pool_);
       }
-      if (mode == FfnMode::Sparse) {
-        auto selector =
-            std::make_unique<PredictorSelector>(load_predictor(model, options), pool_);
+      if (mode == FfnMode::Sparse && predictor) {
+        auto selector = std::make_unique<PredictorSelector>(std::move(*predictor), pool_);
         if (options.measure_predictor) {
           measuring_oracle_ = std::make_unique<OracleSelector>(
               *oracle_copy_, thresholds, model.config.d_ff, model.config.d_model);
@@ -129,32 +260,30 @@ Engine::Engine(const Model& model, const EngineOptions& options)
         }
         predictor_selector_ = selector.get();
         selector_ = std::move(selector);
-      } else {
+      } else if (mode == FfnMode::SparseOracle) {
         selector_ = std::make_unique<OracleSelector>(*oracle_copy_, thresholds,
                                                      model.config.d_ff, model.config.d_model);
       }
       if (reads == SparseReads::Streamed) {
         sparse_ffn_ = std::make_unique<StreamedSparseFfn>(flm, model.config, *plan_, thresholds,
-                                                          *selector_, options.io_backend, pool_);
+                                                          selector_.get(), options.io_backend,
+                                                          pool_);
       } else {
-        sparse_ffn_ = std::make_unique<WindowedSparseFfn>(flm, model.config, *plan_,
-                                                          options.window, thresholds, *selector_,
-                                                          options.io_backend, planner, pool_);
+        sparse_ffn_ = std::make_unique<WindowedSparseFfn>(
+            flm, model.config, *plan_, options.window, thresholds, *selector_,
+            options.io_backend, planner_settings(options), pool_);
       }
       sparse_ffn_->set_overlap(options.overlap_io);
       sparse_ffn_->set_compute_read(options.compute_read);
       ffn = sparse_ffn_.get();
     }
   }
-  if (plan_ && plan_->embedding_flash_bytes > 0) {
+  if (plan_->embedding_flash_bytes > 0) {
     embedding_ = std::make_unique<FlashEmbedding>(
         model.file->path(), *untied_embedding(*model.file), options.io_backend);
   }
-  transformer_ = std::make_unique<Transformer>(
-      model.config, model.weights, *ffn, pool_,
-      TransformerOptions{.context_size = options.context_size,
-                         .max_batch = options.max_batch,
-                         .embedding = embedding_.get()});
+  transformer_ = std::make_unique<Transformer>(model.config, model.weights, *ffn, pool_,
+                                               transformer_options(options, embedding_.get()));
 }
 
 Engine::~Engine() = default;

@@ -24,9 +24,16 @@ struct EngineOptions {
   int threads = 0;  // 0: all cores
   int context_size = 2048;
   int max_batch = 64;
-  // dense, naive, hybrid, mmap, sparse, sparse-oracle (all but dense need a .flm)
-  std::string mode = "dense";
-  std::string mem_budget;  // empty: no limit (dense needs all of it)
+  // KV cache storage of keys and values: f32, f16 or q8_0 (llama.cpp's -ctk / -ctv)
+  std::string cache_type_k = "f16", cache_type_v = "f16";
+  // Keep every token's logits of a step (perplexity); otherwise only the last token's.
+  bool all_logits = false;
+  // auto, dense, naive, hybrid, mmap, sparse, sparse-oracle (all but dense need a .flm); auto:
+  // dense when the budget holds the whole model, else sparse with streamed reads
+  std::string mode = "auto";
+  // Everything the process holds for the model (weights, buffers, KV cache, predictors, the
+  // process itself): a size, or a percentage of the source GGUF; empty: no limit.
+  std::string mem_budget;
   IoBackend io_backend = IoBackend::Auto;
   float sparsity = 0;       // share of neurons treated as inactive (thresholds from calibrate)
   std::string sparse_file;  // thresholds and predictors; default MODEL.flm.sparse
@@ -51,6 +58,10 @@ struct EngineOptions {
 class Engine {
  public:
   Engine(const Model& model, const EngineOptions& options);
+  // The plan an engine with these options would make (loading the predictor into `predictor`
+  // when the mode consults one); throws when the budget cannot hold it.
+  static MemoryPlan plan(const Model& model, const EngineOptions& options,
+                         std::optional<ActivationPredictor>& predictor);
   ~Engine();
 
   Transformer& transformer() { return *transformer_; }
@@ -78,5 +89,9 @@ class Engine {
   std::unique_ptr<FlashEmbedding> embedding_;  // flash modes with an untied embedding table
   std::unique_ptr<Transformer> transformer_;
 };
+
+// The memory plan of an engine with these options, without building it.
+MemoryPlan plan_engine_memory(const Model& model, const EngineOptions& options);
+TransformerOptions transformer_options(const EngineOptions& options, TokenEmbedding* embedding);
 
 }  // namespace flashlm

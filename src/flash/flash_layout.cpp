@@ -102,8 +102,9 @@ std::vector<uint8_t> build_layer_bundles(const LayerWeights& w, const BundleLayo
 }
 
 void add_manifest(GgufWriter& w, const BundleLayout& b, int d_ff,
-                  const std::vector<FlmLayer>& layers) {
+                  const std::vector<FlmLayer>& layers, uint64_t source_bytes) {
   w.add_uint32("flashlm.format_version", kFlmFormatVersion);
+  w.add_uint64("flashlm.source.file_bytes", source_bytes);
   w.add_uint32("flashlm.d_ff", static_cast<uint32_t>(d_ff));
   w.add_bool("flashlm.bundle.gated", b.gated);
   w.add_uint32("flashlm.bundle.gate_type", static_cast<uint32_t>(b.gate_type));
@@ -174,7 +175,7 @@ void convert_to_flm(const std::string& input, const std::string& output,
     for (const auto& [key, value] : gguf->metadata()) {
       if (key != "general.alignment") w.add_value(key, value);
     }
-    add_manifest(w, layout, config.d_ff, layers);
+    add_manifest(w, layout, config.d_ff, layers, gguf->file_size());
     for (const GgufTensor& t : gguf->tensors()) {
       if (!is_ffn_tensor(t.name)) w.add_tensor_view(t.name, t.type, t.dims, gguf->tensor_data(t));
     }
@@ -256,6 +257,7 @@ std::unique_ptr<FlashModelFile> FlashModelFile::from_gguf(const GgufFile& g) {
     return static_cast<TensorType>(t);
   };
   f->d_ff_ = static_cast<int>(g.get_uint("flashlm.d_ff"));
+  f->source_bytes_ = g.find_uint("flashlm.source.file_bytes").value_or(0);
   if (f->d_ff_ != config.d_ff) fail("{}: flashlm.d_ff disagrees with the model's", path);
   const bool gated = g.get_bool("flashlm.bundle.gated");
   f->layout_ = BundleLayout::make(config.d_model, gated,

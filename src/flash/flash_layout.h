@@ -84,6 +84,9 @@ class FlashModelFile {
   const std::vector<FlmLayer>& layers() const { return layers_; }
   int d_ff() const { return d_ff_; }
   uint64_t bundle_region_bytes() const;
+  // Size of the GGUF file this .flm was converted from (what a user calls the model's size and
+  // what `--mem-budget N%` is a share of); 0 for files converted before it was recorded.
+  uint64_t source_bytes() const { return source_bytes_; }
 
   // Reads every layer (buffered) and compares checksums; throws naming the first bad layer.
   void verify(const std::function<void(int, int)>& progress = nullptr) const;
@@ -97,6 +100,7 @@ class FlashModelFile {
   BundleLayout layout_;
   std::vector<FlmLayer> layers_;
   int d_ff_ = 0;
+  uint64_t source_bytes_ = 0;
 };
 
 }  // namespace flashlm

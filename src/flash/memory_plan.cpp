@@ -71,11 +71,44 @@ uint64_t parse_memory_budget(const std::string& text, uint64_t model_bytes) {
   return static_cast<uint64_t>(bytes);
 }
 
+namespace {
+
+// The refusal every planner gives: the numbers, and what to change.
+[[noreturn]] void refuse(const MemoryPlan& p, uint64_t needed, const char* advice) {
+  const WorkingMemory& w = p.working;
+  fail("the memory budget of {} is too small for {} mode: it needs at least {} (resident weights "
+       "{}, stream buffers {}, FFN in DRAM {}, KV cache {}, activations {}, predictors {}, the "
+       "process itself {}, reserve {}); raise --mem-budget, pass a smaller -c or "
+       "--cache-type-k/-v q8_0 (KV cache){}",
+       mib(p.budget), ffn_mode_name(p.mode), mib(needed), mib(p.resident_bytes),
+       mib(p.stream_buffer_bytes), mib(p.mode == FfnMode::Dense ? p.ffn_dram_bytes : 0),
+       mib(w.kv_cache), mib(w.activations), mib(w.predictors), mib(w.process), mib(w.reserve),
+       advice);
+}
+
+}  // namespace
+
+MemoryPlan plan_gguf_memory(const GgufFile& model, uint64_t budget, const WorkingMemory& working) {
+  MemoryPlan p;
+  p.mode = FfnMode::Dense;
+  p.budget = budget;
+  p.working = working;
+  for (const GgufTensor& t : model.tensors()) p.resident_bytes += t.bytes;
+  p.model_bytes = p.resident_bytes;
+  if (budget < p.fixed_bytes()) {
+    refuse(p, p.fixed_bytes(),
+           "; a GGUF model runs with all its weights in DRAM: to run it in less memory, convert "
+           "it (flashlm convert -m MODEL.gguf -o MODEL.flm) and use a streaming mode");
+  }
+  return p;
+}
+
 MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budget,
-                       SparseReads reads) {
+                       SparseReads reads, const WorkingMemory& working) {
   MemoryPlan p;
   p.mode = mode;
   p.budget = budget;
+  p.working = working;
   p.n_layers = static_cast<int>(model.layers().size());
   p.d_ff = model.d_ff();
   p.ffn_bytes = model.bundle_region_bytes();
@@ -89,9 +122,11 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
         FlashEmbedding::buffer_bytes(table->bytes / std::max<int64_t>(table->rows(), 1), kPageBytes);
   }
   switch (mode) {
-    case FfnMode::Dense: p.ffn_dram_bytes = p.ffn_bytes; break;
-    case FfnMode::Naive: p.stream_buffer_bytes += 2 * layer_bytes; break;  // double-buffered
-    case FfnMode::Hybrid: p.stream_buffer_bytes += 2 * layer_bytes; break;
+    // Dense and hybrid read each layer once at start through one layer's buffer; naive and
+    // hybrid then read the streamed part of each layer into it every token.
+    case FfnMode::Dense: p.ffn_dram_bytes = p.ffn_bytes; [[fallthrough]];
+    case FfnMode::Naive:
+    case FfnMode::Hybrid: p.stream_buffer_bytes += layer_bytes; break;
     case FfnMode::Mmap: break;
     case FfnMode::Sparse:
     case FfnMode::SparseOracle:
@@ -100,13 +135,10 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
       p.stream_buffer_bytes += (reads == SparseReads::Streamed ? 2 : 1) * layer_bytes;
       break;
   }
-  const uint64_t fixed = p.resident_bytes + p.stream_buffer_bytes + p.ffn_dram_bytes;
+  const uint64_t fixed = p.fixed_bytes();
   if (budget < fixed) {
-    fail("the memory budget of {} is too small for {} mode: it needs at least {} (resident part "
-         "{}, stream buffers {}, FFN in DRAM {}); raise --mem-budget{}",
-         mib(budget), ffn_mode_name(mode), mib(fixed), mib(p.resident_bytes),
-         mib(p.stream_buffer_bytes), mib(p.ffn_dram_bytes),
-         mode == FfnMode::Dense ? " or use a streaming mode (naive, hybrid, mmap)" : "");
+    refuse(p, fixed,
+           mode == FfnMode::Dense ? ", or use a streaming mode (naive, hybrid, sparse, mmap)" : "");
   }
   const uint64_t per_neuron = model.layout().stride * static_cast<uint64_t>(p.n_layers);
   const int neurons = static_cast<int>(std::min<uint64_t>((budget - fixed) / per_neuron, p.d_ff));
@@ -121,11 +153,21 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
 }
 
 std::string MemoryPlan::describe() const {
-  std::string s = fmt::format(
-      "memory plan ({} mode): budget {} of a {} model ({:.0f}%)\n"
-      "  resident ({}attention, norms, output): {}\n",
-      ffn_mode_name(mode), mib(budget), mib(model_bytes), 100.0 * budget / model_bytes,
-      embedding_flash_bytes > 0 ? "" : "embeddings, ", mib(resident_bytes));
+  std::string s;
+  if (budget_given) {
+    s = fmt::format("memory plan ({} mode): budget {} for the whole process", ffn_mode_name(mode),
+                    mib(budget));
+    if (percent_base > 0) {
+      s += fmt::format(" ({:.0f}% of the {} {})", 100.0 * budget / percent_base,
+                       mib(percent_base), percent_base_what);
+    }
+  } else {
+    s = fmt::format("memory plan ({} mode): no --mem-budget", ffn_mode_name(mode));
+  }
+  s += "\n";
+  if (!mode_reason.empty()) s += fmt::format("  chosen: {}\n", mode_reason);
+  s += fmt::format("  resident weights ({}attention, norms, output): {}\n",
+                   embedding_flash_bytes > 0 ? "" : "embeddings, ", mib(resident_bytes));
   if (embedding_flash_bytes > 0) {
     s += fmt::format("  token embeddings: {} left on flash, each token's row read when needed\n",
                      mib(embedding_flash_bytes));
@@ -170,7 +212,19 @@ std::string MemoryPlan::describe() const {
       }
       break;
   }
-  s += fmt::format("  weights in DRAM: {} of the {} budget", mib(dram_bytes()), mib(budget));
+  s += fmt::format(
+      "  KV cache {}, activations {}, predictors {}, the process itself {} (code, libraries, "
+      "tokenizer, metadata; measured), reserve {} (allocator slack, thread stacks)\n",
+      mib(working.kv_cache), mib(working.activations), mib(working.predictors),
+      mib(working.process), mib(working.reserve));
+  if (mode == FfnMode::Mmap && budget_given) {
+    s += fmt::format("  page cache for the mapped FFN: the remaining {}\n",
+                     mib(budget > dram_bytes() + working.total()
+                             ? budget - dram_bytes() - working.total()
+                             : 0));
+  }
+  s += fmt::format("  weights in DRAM: {}; total: {}", mib(dram_bytes()), mib(total_bytes()));
+  if (budget_given) s += fmt::format(" of the {} budget", mib(budget));
   return s;
 }
 

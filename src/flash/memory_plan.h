@@ -1,5 +1,6 @@
-// The DRAM budget: how many bytes of weights may sit in DRAM (resident part + FFN neurons),
-// and how each mode spends it. Printed at start so the user sees what streams.
+// The memory budget: everything the process holds for a model (resident weights, FFN neurons
+// and stream buffers, predictors, KV cache, working buffers, the process itself), and how each
+// mode spends it. Printed at start so the user sees what streams and where the bytes go.
 #pragma once
 
 #include <cstdint>
@@ -44,12 +45,33 @@ SparseReads parse_sparse_reads(const std::string& name, double coverage);
 // so that a token needs only its own row of it; null otherwise.
 const GgufTensor* untied_embedding(const GgufFile& file);
 
-// "50%" (of the model's weight bytes), "300M", "1.5G", "4096K" or a plain number of bytes.
+// "50%" (of `model_bytes`), "300M", "1.5G", "4096K" or a plain number of bytes.
 uint64_t parse_memory_budget(const std::string& text, uint64_t model_bytes);
+
+// What the process holds besides the model's weights and the FFN's buffers; the engine fills
+// it in before it allocates any of it (engine/memory_needs.h), so the plan can count it.
+struct WorkingMemory {
+  // Measured when the first engine starts: code and libraries, the tokenizer, the model's
+  // metadata, the heap so far.
+  uint64_t process = 0;
+  uint64_t kv_cache = 0;
+  uint64_t activations = 0;  // the forward pass's buffers: hidden states, logits, scratch
+  uint64_t predictors = 0;   // sparse mode's activation predictors, when it consults them
+  // What cannot be counted exactly (allocator slack, thread stacks, pages of code touched
+  // later): reserved.
+  uint64_t reserve = 0;
+  uint64_t total() const { return process + kv_cache + activations + predictors + reserve; }
+};
 
 struct MemoryPlan {
   FfnMode mode = FfnMode::Dense;
-  uint64_t budget = 0;             // bytes of weights allowed in DRAM
+  uint64_t budget = 0;             // bytes the whole process may hold for the model
+  bool budget_given = false;       // false: no --mem-budget (budget is then unbounded)
+  // What a percentage budget is a share of: the source GGUF's size, recorded by convert (or,
+  // for older .flm files, the .flm's own weight bytes).
+  uint64_t percent_base = 0;
+  std::string percent_base_what;
+  std::string mode_reason;         // why this mode (and read strategy) was chosen, if it was
   uint64_t model_bytes = 0;        // resident part + every bundle
   uint64_t resident_bytes = 0;     // embeddings, attention, norms, output head
   uint64_t ffn_bytes = 0;          // every bundle of every layer
@@ -58,6 +80,7 @@ struct MemoryPlan {
   // Flash modes, when the token embedding is not the output head: its table stays on flash
   // and each token reads its row (flash/flash_embedding.h); not part of resident_bytes.
   uint64_t embedding_flash_bytes = 0;
+  WorkingMemory working;
   SparseReads sparse_reads = SparseReads::Planned;  // sparse modes
   // Sparse modes: the share of each layer that reads of the active neurons would bring in
   // (what "auto" chose sparse_reads from); 0 when unknown.
@@ -69,13 +92,26 @@ struct MemoryPlan {
   int n_layers = 0;
 
   uint64_t dram_bytes() const { return resident_bytes + stream_buffer_bytes + ffn_dram_bytes; }
+  // Everything but the FFN neurons the budget buys: what any budget must hold for this mode.
+  uint64_t fixed_bytes() const {
+    return resident_bytes + stream_buffer_bytes + (mode == FfnMode::Dense ? ffn_dram_bytes : 0) +
+           working.total();
+  }
+  // What the process will hold: weights, buffers and working memory; in mmap mode the page
+  // cache takes the rest of the budget.
+  uint64_t total_bytes() const {
+    if (mode == FfnMode::Mmap && budget_given) return budget;
+    return dram_bytes() + working.total();
+  }
   std::string describe() const;
 };
 
-// Splits `budget` for `mode` (and, in the sparse modes, for `reads`); throws with the numbers
-// when even the resident part and the stream buffers do not fit, or when dense mode does not
-// fit entirely.
+// Splits `budget` for `mode` (and, in the sparse modes, for `reads`) after `working`; throws
+// with the numbers and what to change when even the fixed part does not fit, or when dense
+// mode does not fit entirely.
 MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budget,
-                       SparseReads reads = SparseReads::Planned);
+                       SparseReads reads = SparseReads::Planned, const WorkingMemory& working = {});
+// A plain GGUF model runs dense with every weight mapped in DRAM.
+MemoryPlan plan_gguf_memory(const GgufFile& model, uint64_t budget, const WorkingMemory& working);
 
 }  // namespace flashlm

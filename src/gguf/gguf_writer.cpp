@@ -69,6 +69,11 @@ void GgufWriter::add_uint32(const std::string& k, uint32_t value) {
   put(kv_, value);
 }
 
+void GgufWriter::add_uint64(const std::string& k, uint64_t value) {
+  key(k, GgufValueType::UINT64);
+  put(kv_, value);
+}
+
 void GgufWriter::add_int32(const std::string& k, int32_t value) {
   key(k, GgufValueType::INT32);
   put(kv_, value);

@@ -29,6 +29,7 @@ class GgufWriter {
  public:
   void add_string(const std::string& key, const std::string& value);
   void add_uint32(const std::string& key, uint32_t value);
+  void add_uint64(const std::string& key, uint64_t value);
   void add_int32(const std::string& key, int32_t value);
   void add_float32(const std::string& key, float value);
   void add_bool(const std::string& key, bool value);

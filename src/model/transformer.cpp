@@ -9,6 +9,51 @@
 #include "quant/kernels.h"
 
 namespace flashlm {
+namespace {
+
+// The cache stores each head's slice of a row as whole blocks of its type, so that a head's
+// keys and values are rows of their own for the kernels.
+void check_kv_cache_type(const ModelConfig& c, TensorType type, const char* what,
+                         const char* flag) {
+  if (type != TensorType::F32 && type != TensorType::F16 && type != TensorType::Q8_0) {
+    fail("the KV cache cannot store {} as {}; {} takes f32, f16 or q8_0", what, type_name(type),
+         flag);
+  }
+  const int64_t block = type_traits(type).block_size;
+  if (c.head_dim % block != 0) {
+    fail("a {} KV cache stores {} in blocks of {} values, and this model's head_dim {} is not a "
+         "multiple of {}; use {} f16",
+         type_name(type), what, block, c.head_dim, block, flag);
+  }
+}
+
+}  // namespace
+
+TensorType parse_kv_cache_type(const std::string& name) {
+  if (name == "f32") return TensorType::F32;
+  if (name == "f16") return TensorType::F16;
+  if (name == "q8_0") return TensorType::Q8_0;
+  fail("unknown KV cache type '{}': the choices are f32, f16 and q8_0", name);
+}
+
+uint64_t Transformer::kv_cache_bytes(const ModelConfig& c, int context_size, TensorType k,
+                                     TensorType v) {
+  check_kv_cache_type(c, k, "keys", "--cache-type-k");
+  check_kv_cache_type(c, v, "values", "--cache-type-v");
+  const uint64_t rows = static_cast<uint64_t>(c.n_layers) * std::max(context_size, 0);
+  return rows * (row_bytes(k, c.kv_dim()) + row_bytes(v, c.kv_dim()));
+}
+
+uint64_t Transformer::scratch_bytes(const ModelConfig& c, const TransformerOptions& options,
+                                    int threads) {
+  const uint64_t batch = std::max(options.max_batch, 0);
+  const uint64_t logit_rows = options.all_logits ? batch : 1;
+  const uint64_t workers = std::max(threads, 1);
+  const uint64_t floats = batch * (3 * c.d_model + 2 * c.q_dim() + 2 * c.kv_dim()) +
+                          logit_rows * c.vocab_size +
+                          workers * std::max(options.context_size, 0);
+  return floats * sizeof(float) + workers * PreparedInput::bytes(options.kv_type_k, c.head_dim);
+}
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
                          FeedForward& ffn, ThreadPool& pool, TransformerOptions options)
@@ -23,10 +68,15 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
     fail("context size and batch size must be positive (got {} and {})", options_.context_size,
          options_.max_batch);
   }
-  const size_t cache = static_cast<size_t>(config.n_layers) * options_.context_size *
-                       config.kv_dim();
-  key_cache_.resize(cache);
-  value_cache_.resize(cache);
+  check_kv_cache_type(config, options_.kv_type_k, "keys", "--cache-type-k");
+  check_kv_cache_type(config, options_.kv_type_v, "values", "--cache-type-v");
+  key_row_bytes_ = row_bytes(options_.kv_type_k, config.kv_dim());
+  value_row_bytes_ = row_bytes(options_.kv_type_v, config.kv_dim());
+  key_head_bytes_ = row_bytes(options_.kv_type_k, config.head_dim);
+  value_head_bytes_ = row_bytes(options_.kv_type_v, config.head_dim);
+  const size_t rows = static_cast<size_t>(config.n_layers) * options_.context_size;
+  key_cache_.resize(rows * key_row_bytes_);
+  value_cache_.resize(rows * value_row_bytes_);
   const size_t b = options_.max_batch;
   x_.resize(b * config.d_model);
   xn_.resize(b * config.d_model);
@@ -35,13 +85,16 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   attn_.resize(b * config.q_dim());
   k_.resize(b * config.kv_dim());
   v_.resize(b * config.kv_dim());
-  logits_.resize(b * config.vocab_size);
+  logits_.resize((options_.all_logits ? b : 1) * config.vocab_size);
   scores_.resize(static_cast<size_t>(pool.size()) * options_.context_size);
+  // Prepared once here, so that preparing a query per head in attention() only overwrites.
+  queries_.resize(pool.size());
+  for (PreparedInput& query : queries_) {
+    query.prepare(options_.kv_type_k, q_.data(), config.head_dim);
+  }
 }
 
-size_t Transformer::kv_cache_bytes() const {
-  return (key_cache_.size() + value_cache_.size()) * sizeof(float);
-}
+size_t Transformer::kv_cache_bytes() const { return key_cache_.size() + value_cache_.size(); }
 
 void Transformer::truncate(int n) { n_past_ = std::clamp(n, 0, n_past_); }
 
@@ -51,6 +104,10 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
     fail("the context is full: {} tokens already, {} more would exceed the context size {}; "
          "use a larger --ctx-size or a shorter prompt",
          n_past_, tokens.size(), options_.context_size);
+  }
+  if (all_logits && !options_.all_logits) {
+    fail("internal error: forward() was asked for the logits of every token, but this "
+         "Transformer was built without all_logits (TransformerOptions::all_logits)");
   }
   if (all_logits && static_cast<int64_t>(tokens.size()) > options_.max_batch) {
     fail("all logits were asked for {} tokens, more than the batch size {}", tokens.size(),
@@ -103,8 +160,8 @@ void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits
 }
 
 // Grouped-query attention for the n tokens at positions n_past_.. of one layer, reading xn_
-// and writing out_ (n x d_model). Keys and values are appended to the cache first, so each
-// token attends to everything before it and to itself (causal).
+// and writing out_ (n x d_model). Keys and values are appended to the cache first (in its
+// storage types), so each token attends to everything before it and to itself (causal).
 void Transformer::attention(int layer, int64_t n) {
   const ModelConfig& c = config_;
   const LayerWeights& w = weights_.layers[layer];
@@ -116,9 +173,9 @@ void Transformer::attention(int layer, int64_t n) {
   const bool local = c.is_local_layer(layer);
   const float rope_base = local ? c.rope_base_local : c.rope_base;
   const float rope_scale = local ? 1.0f : c.rope_scale;
-  const size_t layer_offset = static_cast<size_t>(layer) * options_.context_size * c.kv_dim();
-  float* key_cache = key_cache_.data() + layer_offset;
-  float* value_cache = value_cache_.data() + layer_offset;
+  const size_t layer_rows = static_cast<size_t>(layer) * options_.context_size;
+  uint8_t* key_cache = key_cache_.data() + layer_rows * key_row_bytes_;
+  uint8_t* value_cache = value_cache_.data() + layer_rows * value_row_bytes_;
   for (int64_t t = 0; t < n; ++t) {
     float* q = q_.data() + t * c.q_dim();
     float* k = k_.data() + t * c.kv_dim();
@@ -127,29 +184,32 @@ void Transformer::attention(int layer, int64_t n) {
     const int64_t pos = n_past_ + t;
     apply_rope(q, c.n_heads, hd, c.rope_dims, c.rope_style, pos, rope_base, rope_scale);
     apply_rope(k, c.n_kv_heads, hd, c.rope_dims, c.rope_style, pos, rope_base, rope_scale);
-    std::copy_n(k, c.kv_dim(), key_cache + pos * c.kv_dim());
-    std::copy_n(v_.data() + t * c.kv_dim(), c.kv_dim(), value_cache + pos * c.kv_dim());
+    quantize_row(options_.kv_type_k, k, key_cache + pos * key_row_bytes_, c.kv_dim());
+    quantize_row(options_.kv_type_v, v_.data() + t * c.kv_dim(),
+                 value_cache + pos * value_row_bytes_, c.kv_dim());
   }
 
   const int group = c.n_heads / c.n_kv_heads;
   pool_.parallel_for(n * c.n_heads, [&](int64_t begin, int64_t end, int thread) {
     float* scores = scores_.data() + static_cast<size_t>(thread) * options_.context_size;
+    PreparedInput& query = queries_[thread];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t t = job / c.n_heads;
       const int h = static_cast<int>(job % c.n_heads);
       const int kv_head = h / group;
       const int64_t pos = n_past_ + t;
       const int64_t start = local ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-      const float* q = q_.data() + t * c.q_dim() + h * hd;
-      for (int64_t p = start; p <= pos; ++p) {
-        scores[p - start] =
-            dot_f32(q, key_cache + p * c.kv_dim() + kv_head * hd, hd) * c.attention_scale;
-      }
-      softmax(scores, pos - start + 1);
+      query.prepare(options_.kv_type_k, q_.data() + t * c.q_dim() + h * hd, hd);
+      const int64_t count = pos - start + 1;
+      const uint8_t* keys = key_cache + start * key_row_bytes_ + kv_head * key_head_bytes_;
+      matvec_rows(options_.kv_type_k, keys, key_row_bytes_, query, 0, count, scores);
+      scale_f32(scores, c.attention_scale, count);
+      softmax(scores, count);
       float* o = attn_.data() + t * c.q_dim() + h * hd;
       std::fill_n(o, hd, 0.0f);
+      const uint8_t* values = value_cache + kv_head * value_head_bytes_;
       for (int64_t p = start; p <= pos; ++p) {
-        axpy_f32(scores[p - start], value_cache + p * c.kv_dim() + kv_head * hd, o, hd);
+        axpy_row(options_.kv_type_v, values + p * value_row_bytes_, scores[p - start], o, hd);
       }
     }
   });

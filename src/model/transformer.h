@@ -8,12 +8,15 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "model/config.h"
 #include "model/feed_forward.h"
 #include "model/token_embedding.h"
 #include "model/weights.h"
+#include "quant/kernels.h"
+#include "quant/types.h"
 
 namespace flashlm {
 
@@ -24,7 +27,16 @@ struct TransformerOptions {
   int max_batch = 64;       // tokens per forward step during prompt processing
   // Where the embedding rows come from; null: the weights' table in DRAM (ResidentEmbedding).
   TokenEmbedding* embedding = nullptr;
+  // How the KV cache stores keys and values: F32, F16 (llama.cpp's default: half the memory,
+  // the same perplexity) or Q8_0 (about a quarter; needs head_dim a multiple of 32).
+  TensorType kv_type_k = TensorType::F16, kv_type_v = TensorType::F16;
+  // Keep the logits of every token of a step (max_batch rows), for forward(tokens, true);
+  // otherwise one row.
+  bool all_logits = false;
 };
+
+// "f32", "f16" or "q8_0" (llama.cpp's --cache-type-k/-v names) as the cache's TensorType.
+TensorType parse_kv_cache_type(const std::string& name);
 
 class Transformer {
  public:
@@ -33,7 +45,8 @@ class Transformer {
 
   // Appends `tokens` at positions n_past().. and returns the logits of the last token
   // (vocab_size floats), or with all_logits those of every token (tokens.size() x vocab_size;
-  // then tokens.size() must not exceed max_batch). The span stays valid until the next call.
+  // then tokens.size() must not exceed max_batch, and the options must have all_logits). The
+  // span stays valid until the next call.
   std::span<const float> forward(std::span<const int32_t> tokens, bool all_logits = false);
 
   int n_past() const { return n_past_; }
@@ -43,6 +56,12 @@ class Transformer {
   void truncate(int n);
   const ModelConfig& config() const { return config_; }
   size_t kv_cache_bytes() const;
+  // What a Transformer with these options will allocate, for the memory plan: its KV cache, and
+  // every other buffer it holds (activations, logits, attention scratch of `threads` workers).
+  static uint64_t kv_cache_bytes(const ModelConfig& config, int context_size, TensorType k,
+                                 TensorType v);
+  static uint64_t scratch_bytes(const ModelConfig& config, const TransformerOptions& options,
+                                int threads);
 
  private:
   void forward_batch(std::span<const int32_t> tokens, bool all_logits);
@@ -57,9 +76,13 @@ class Transformer {
   TransformerOptions options_;
   int n_past_ = 0;
 
-  std::vector<float> key_cache_, value_cache_;  // [layer][position][kv_dim]
+  // [layer][position]: a row of kv_dim values in kv_type_k / kv_type_v, head after head.
+  std::vector<uint8_t> key_cache_, value_cache_;
+  size_t key_row_bytes_ = 0, value_row_bytes_ = 0;
+  size_t key_head_bytes_ = 0, value_head_bytes_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, attn_, out_, logits_;
-  std::vector<float> scores_;  // [thread][context]
+  std::vector<float> scores_;           // [thread][context]
+  std::vector<PreparedInput> queries_;  // [thread]: the query head, prepared for the keys' type
 };
 
 }  // namespace flashlm

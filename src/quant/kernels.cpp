@@ -419,18 +419,55 @@ void matmul_quantized(const uint8_t* weights, size_t stride, const PreparedInput
   }
 }
 
+// F16 rows, widened to float in vector lanes (one instruction per vector with F16C): the KV
+// cache's keys and the compact predictors' rows.
+float dot_f16(const uint16_t* row, const float* x, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+  const auto* h = reinterpret_cast<const hwy::float16_t*>(row);
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + 2 * lanes <= n; i += 2 * lanes) {
+    sum0 = hn::MulAdd(hn::PromoteTo(d, hn::LoadU(dh, h + i)), hn::LoadU(d, x + i), sum0);
+    sum1 = hn::MulAdd(hn::PromoteTo(d, hn::LoadU(dh, h + i + lanes)), hn::LoadU(d, x + i + lanes),
+                      sum1);
+  }
+  for (; i + lanes <= n; i += lanes) {
+    sum0 = hn::MulAdd(hn::PromoteTo(d, hn::LoadU(dh, h + i)), hn::LoadU(d, x + i), sum0);
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
+  for (; i < n; ++i) sum += fp16_to_float_fast(row[i]) * x[i];
+  return sum;
+}
+
+void axpy_f16(float a, const uint16_t* row, float* y, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+  const auto* h = reinterpret_cast<const hwy::float16_t*>(row);
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const auto va = hn::Set(d, a);
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    hn::StoreU(hn::MulAdd(va, hn::PromoteTo(d, hn::LoadU(dh, h + i)), hn::LoadU(d, y + i)), d,
+               y + i);
+  }
+  for (; i < n; ++i) y[i] += a * fp16_to_float_fast(row[i]);
+}
+
 float dot_float_row(TensorType type, const void* row, const PreparedInput& x) {
   if (type == TensorType::F32) return dot_f32(static_cast<const float*>(row), x.values(), x.size());
-  // F16 / BF16: dequantize a slice at a time, then the float dot.
+  if (type == TensorType::F16) {
+    return dot_f16(static_cast<const uint16_t*>(row), x.values(), x.size());
+  }
+  // BF16: dequantize a slice at a time, then the float dot.
   constexpr int64_t kSlice = 256;
   float buffer[kSlice];
   float sum = 0;
   const auto* h = static_cast<const uint16_t*>(row);
   for (int64_t i = 0; i < x.size(); i += kSlice) {
     const int64_t n = std::min(kSlice, x.size() - i);
-    for (int64_t j = 0; j < n; ++j) {
-      buffer[j] = type == TensorType::F16 ? fp16_to_float_fast(h[i + j]) : bf16_to_float(h[i + j]);
-    }
+    for (int64_t j = 0; j < n; ++j) buffer[j] = bf16_to_float(h[i + j]);
     sum += dot_f32(buffer, x.values() + i, n);
   }
   return sum;
@@ -443,6 +480,13 @@ bool is_float_type(TensorType t) {
 }
 
 }  // namespace
+
+size_t PreparedInput::bytes(TensorType weight_type, int64_t n) {
+  if (is_float_type(weight_type)) return static_cast<size_t>(n) * sizeof(float);
+  const int64_t groups = n / group_size(weight_type), blocks = n / kQK;
+  return static_cast<size_t>(n) * sizeof(int16_t) +
+         static_cast<size_t>(groups + blocks) * sizeof(float);
+}
 
 void PreparedInput::prepare(TensorType weight_type, const float* x, int64_t n) {
   type_ = weight_type;
@@ -511,19 +555,34 @@ float dot(TensorType type, const void* row, const PreparedInput& x) {
 
 void matvec_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput& x,
                  int64_t row_begin, int64_t row_end, float* y) {
+  if (type != x.weight_type()) fail("internal error: input prepared for another type");
+  // Float rows go straight to the float dot: on short rows (a KV cache head: 64 to 256 values)
+  // dispatching each one through dot() costs as much as the row.
+  const bool float_rows = is_float_type(type);
+  const size_t row_size = std::min(stride, row_bytes(type, x.size()));
   for (int64_t r = row_begin; r < row_end; ++r) {
     // Decode is bound by memory latency: ask for the next row while this one is computed.
-    if (r + 1 < row_end) prefetch(weights + (r + 1) * stride, stride);
-    y[r] = dot(type, weights + r * stride, x);
+    if (r + 1 < row_end) prefetch(weights + (r + 1) * stride, row_size);
+    const uint8_t* row = weights + r * stride;
+    y[r] = float_rows ? dot_float_row(type, row, x) : dot(type, row, x);
   }
 }
 
 void matmul_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput* xs,
                  int64_t n_tokens, int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
-  if (n_tokens > 0 && !is_float_type(type)) {
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      if (xs[t].weight_type() != type) fail("internal error: input prepared for another type");
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    if (xs[t].weight_type() != type) fail("internal error: input prepared for another type");
+  }
+  if (is_float_type(type)) {
+    // Straight to the float dot: on short rows (the compact predictors' B has rank values)
+    // dispatching each row through dot() costs as much as the row.
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const uint8_t* row = weights + r * stride;
+      for (int64_t t = 0; t < n_tokens; ++t) y[t * ldy + r] = dot_float_row(type, row, xs[t]);
     }
+    return;
+  }
+  if (n_tokens > 0) {
     switch (type) {
 #define FLASHLM_MATMUL(T) \
   case TensorType::T: \
@@ -540,14 +599,22 @@ void matmul_rows(TensorType type, const uint8_t* weights, size_t stride, const P
       default: fail("matrix products of type {} are not supported yet", type_name(type));
     }
   }
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const uint8_t* row = weights + r * stride;
-    for (int64_t t = 0; t < n_tokens; ++t) y[t * ldy + r] = dot(type, row, xs[t]);
-  }
 }
 
 void dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
   dequantize_row_reference(type, src, dst, n);
+}
+
+void quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
+  // F16 is the KV cache's default: every new key and value is stored this way.
+  if (type != TensorType::F16) return quantize_row_reference(type, src, dst, n);
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+  auto* h = static_cast<hwy::float16_t*>(dst);
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) hn::StoreU(hn::DemoteTo(dh, hn::LoadU(d, src + i)), dh, h + i);
+  for (; i < n; ++i) static_cast<uint16_t*>(dst)[i] = float_to_fp16(src[i]);
 }
 
 namespace {
@@ -569,6 +636,7 @@ HWY_INLINE void axpy_int8_block(const int8_t* q, float scale, float* y) {
 
 void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n) {
   if (type == TensorType::F32) return axpy_f32(a, static_cast<const float*>(row), y, n);
+  if (type == TensorType::F16) return axpy_f16(a, static_cast<const uint16_t*>(row), y, n);
   if (type == TensorType::Q8_0) {
     // The down projection of the bundles: the hot loop of the sparse FFN.
     const auto* b = static_cast<const BlockQ8_0*>(row);

@@ -18,6 +18,8 @@ namespace flashlm {
 class PreparedInput {
  public:
   void prepare(TensorType weight_type, const float* x, int64_t n);
+  // The memory an input of n values prepared for `weight_type` holds.
+  static size_t bytes(TensorType weight_type, int64_t n);
   int64_t size() const { return n_; }
   TensorType weight_type() const { return type_; }
 
@@ -51,6 +53,8 @@ void matmul_rows(TensorType type, const uint8_t* weights, size_t row_stride_byte
                  const PreparedInput* xs, int64_t n_tokens, int64_t row_begin, int64_t row_end,
                  float* y, int64_t ldy);
 void dequantize_row(TensorType type, const void* src, float* dst, int64_t n);
+// dst = n floats encoded as `type`, bit for bit as quantize_row_reference (F16 in vector lanes).
+void quantize_row(TensorType type, const float* src, void* dst, int64_t n);
 // y += a * row (the row dequantized), n elements.
 void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n);
 

@@ -1,5 +1,6 @@
 // Plain scalar kernels: the obviously-correct twins that the SIMD kernels are tested against,
-// and the quantizers used by `convert` and by tests to make tensors.
+// and the quantizers used by `convert`, by tests to make tensors, by the compact predictors
+// and (through quantize_row) by the KV cache.
 #pragma once
 
 #include <cstdint>

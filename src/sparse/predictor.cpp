@@ -10,6 +10,7 @@
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "quant/kernels.h"
+#include "quant/reference.h"
 
 namespace flashlm {
 namespace {
@@ -64,14 +65,73 @@ LayerPredictor::LayerPredictor(int rank_, int d_model_, int d_ff_)
 
 void LayerPredictor::logits(const float* x, float* hidden, float* out) const {
   for (int j = 0; j < rank; ++j) hidden[j] = dot_f32(&a[static_cast<size_t>(j) * d_model], x, d_model);
-  logits_from_hidden(hidden, 0, d_ff, out);
+  for (int i = 0; i < d_ff; ++i) {
+    out[i] = dot_f32(&b[static_cast<size_t>(i) * rank], hidden, rank) + bias[i];
+  }
 }
 
-void LayerPredictor::logits_from_hidden(const float* hidden, int begin, int end,
-                                        float* out) const {
-  for (int i = begin; i < end; ++i) {
-    out[i - begin] = dot_f32(&b[static_cast<size_t>(i) * rank], hidden, rank) + bias[i];
+namespace {
+
+std::vector<uint16_t> compact(const std::vector<float>& values) {
+  std::vector<uint16_t> out(values.size());
+  quantize_row_reference(CompactLayerPredictor::kType, values.data(), out.data(),
+                         std::ssize(values));
+  return out;
+}
+
+}  // namespace
+
+CompactLayerPredictor::CompactLayerPredictor(const LayerPredictor& p)
+    : rank(p.rank),
+      d_model(p.d_model),
+      d_ff(p.d_ff),
+      a(compact(p.a)),
+      b(compact(p.b)),
+      bias(p.bias),
+      decision(p.decision),
+      pinned(p.pinned) {}
+
+void CompactLayerPredictor::hidden(const PreparedInput* xs, int64_t n, float* out) const {
+  matmul_rows(kType, reinterpret_cast<const uint8_t*>(a.data()), d_model * sizeof(uint16_t), xs,
+              n, 0, rank, out, rank);
+}
+
+void CompactLayerPredictor::logits(const PreparedInput* hidden, int64_t n, int begin, int end,
+                                   float* out, int64_t ldy) const {
+  matmul_rows(kType, reinterpret_cast<const uint8_t*>(b.data() + static_cast<size_t>(begin) * rank),
+              rank * sizeof(uint16_t), hidden, n, 0, end - begin, out, ldy);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int i = begin; i < end; ++i) out[t * ldy + i - begin] += bias[i];
   }
+}
+
+uint64_t CompactLayerPredictor::bytes() const {
+  return (a.size() + b.size()) * sizeof(uint16_t) + (bias.size() + pinned.size()) * sizeof(float);
+}
+
+uint64_t CompactLayerPredictor::bytes_for(const LayerPredictor& p) {
+  return (p.a.size() + p.b.size()) * sizeof(uint16_t) +
+         (p.bias.size() + p.pinned.size()) * sizeof(float);
+}
+
+CompactPredictor::CompactPredictor(ActivationPredictor&& p) : sparsity(p.sparsity) {
+  layers.reserve(p.layers.size());
+  for (LayerPredictor& layer : p.layers) {
+    layers.emplace_back(layer);
+    layer = LayerPredictor{};
+  }
+}
+
+uint64_t CompactPredictor::bytes() const {
+  uint64_t total = 0;
+  for (const CompactLayerPredictor& layer : layers) total += layer.bytes();
+  return total;
+}
+
+uint64_t CompactPredictor::bytes_for(const ActivationPredictor& p) {
+  uint64_t total = 0;
+  for (const LayerPredictor& layer : p.layers) total += CompactLayerPredictor::bytes_for(layer);
+  return total;
 }
 
 void ActivationPredictor::write_to(GgufWriter& w) const {

@@ -20,21 +20,28 @@ struct PredictorQuality {
   double precision() const;
 };
 
+// Holds the predictor in its compact form only: the F32 one, moved in, is released when the
+// constructor returns.
 class PredictorSelector : public NeuronSelector {
  public:
   PredictorSelector(ActivationPredictor predictor, ThreadPool& pool);
+  // The predictor memory a selector built from `predictor` holds, for the memory plan.
+  static uint64_t bytes_for(const ActivationPredictor& predictor) {
+    return CompactPredictor::bytes_for(predictor);
+  }
   void select(int layer, const float* x, int64_t n_tokens, std::vector<int32_t>& active) override;
 
   // Compares every single-token selection with `oracle`'s; null stops measuring.
   void measure_against(NeuronSelector* oracle) { oracle_ = oracle; }
   const PredictorQuality& quality() const { return quality_; }
-  const ActivationPredictor& predictor() const { return predictor_; }
+  const CompactPredictor& predictor() const { return predictor_; }
 
  private:
-  ActivationPredictor predictor_;
+  CompactPredictor predictor_;
   ThreadPool& pool_;
   NeuronSelector* oracle_ = nullptr;
   PredictorQuality quality_;
+  std::vector<PreparedInput> inputs_, hidden_inputs_;  // [token]
   std::vector<float> hidden_;
   std::vector<uint8_t> marked_;
   std::vector<int32_t> truth_;

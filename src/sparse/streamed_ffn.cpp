@@ -11,7 +11,7 @@ namespace flashlm {
 
 StreamedSparseFfn::StreamedSparseFfn(const FlashModelFile& file, const ModelConfig& config,
                                      const MemoryPlan& plan, std::vector<float> thresholds,
-                                     NeuronSelector& selector, IoBackend backend, ThreadPool& pool)
+                                     NeuronSelector* selector, IoBackend backend, ThreadPool& pool)
     : file_(file),
       plan_(plan),
       resident_neurons_(std::clamp(plan.resident_neurons_per_layer, 0, file.d_ff())),
@@ -26,29 +26,32 @@ StreamedSparseFfn::StreamedSparseFfn(const FlashModelFile& file, const ModelConf
   if (plan_.sparse_reads != SparseReads::Streamed) {
     fail("internal error: the streamed sparse FFN needs a plan with streamed reads");
   }
-  // The resident neurons: every layer read once, checked, and its first neurons kept.
+  // A streamed part spans at most the layer's aligned bytes (layers start page-aligned); one
+  // more alignment unit of margin stays within the plan's buffer size.
+  const uint64_t align = io_.alignment();
+  const uint64_t span = align_up(layers.front().bytes, align) + align;
+  buffers_[0] = AlignedBuffer(span);
+  // The resident neurons: every layer read once (into the first stream buffer, so that start
+  // needs no memory beyond the plan's), checked, and its first neurons kept.
   const size_t stride = file_.layout().stride;
   const size_t keep = static_cast<size_t>(resident_neurons_) * stride;
   resident_ = AlignedBuffer(std::max<size_t>(keep * layers.size(), 1));
-  const uint64_t align = io_.alignment();
-  AlignedBuffer staging(align_up(layers.front().bytes, align));
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto requests = range_requests(layers[l].offset, align_up(layers[l].bytes, align),
-                                         kStreamRequestBytes, staging.data());
+                                         kStreamRequestBytes, buffers_[0].data());
     io_.read_all(requests);
-    file_.check_layer(static_cast<int>(l), staging.data());
-    std::memcpy(resident_.data() + keep * l, staging.data(), keep);
+    file_.check_layer(static_cast<int>(l), buffers_[0].data());
+    std::memcpy(resident_.data() + keep * l, buffers_[0].data(), keep);
   }
   if (resident_neurons_ < file_.d_ff()) {
-    // A streamed part spans at most the layer's aligned bytes (layers start page-aligned);
-    // one more alignment unit of margin stays within the plan's buffer size. Requests are
-    // sized so that one layer's all fit in the queue at once: they proceed while this thread
-    // computes instead of waiting for wait() to refill the queue.
-    const uint64_t span = align_up(layers.front().bytes, align) + align;
-    for (AlignedBuffer& b : buffers_) b = AlignedBuffer(span);
+    // Requests are sized so that one layer's all fit in the queue at once: they proceed while
+    // this thread computes instead of waiting for wait() to refill the queue.
+    buffers_[1] = AlignedBuffer(span);
     io_.register_buffers({buffers_[0].span(), buffers_[1].span()});  // best effort
     request_bytes_ = std::max(kStreamRequestBytes,
                               align_up((span + io_.queue_depth() - 1) / io_.queue_depth(), align));
+  } else {
+    buffers_[0] = AlignedBuffer();  // every neuron resident: nothing streams
   }
 }
 
@@ -128,8 +131,9 @@ void StreamedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, flo
     sparse_stats_.neurons_active += d_ff;
     sparse_stats_.cache_hits += resident_neurons_;
   } else {
+    if (!selector_) fail("internal error: --predicted-only needs an activation predictor");
     auto start = Clock::now();
-    selector_.select(layer, x, n_tokens, active_);
+    selector_->select(layer, x, n_tokens, active_);
     sparse_stats_.select_seconds += seconds_since(start);
     start = Clock::now();
     for (int32_t n : active_) {

@@ -28,9 +28,11 @@ namespace flashlm {
 class StreamedSparseFfn : public SparseFeedForward {
  public:
   // plan: a sparse mode's plan with SparseReads::Streamed. thresholds[layer]: activations at
-  // most this large are treated as zero, as in dense evaluation at the same sparsity.
+  // most this large are treated as zero, as in dense evaluation at the same sparsity (0:
+  // every neuron counts). selector: consulted only with set_compute_read(false); may be null
+  // otherwise.
   StreamedSparseFfn(const FlashModelFile& file, const ModelConfig& config, const MemoryPlan& plan,
-                    std::vector<float> thresholds, NeuronSelector& selector, IoBackend backend,
+                    std::vector<float> thresholds, NeuronSelector* selector, IoBackend backend,
                     ThreadPool& pool);
   ~StreamedSparseFfn() override;  // waits for a read-ahead still in flight
 
@@ -49,7 +51,7 @@ class StreamedSparseFfn : public SparseFeedForward {
   const MemoryPlan plan_;
   const int resident_neurons_;  // per layer: neurons [0, resident_neurons_) stay in DRAM
   std::vector<float> thresholds_;
-  NeuronSelector& selector_;
+  NeuronSelector* selector_;
   AlignedBuffer resident_;    // every layer's resident neurons, layer after layer
   AlignedBuffer buffers_[2];  // one layer's streamed part being computed, the next arriving
   IoEngine io_;

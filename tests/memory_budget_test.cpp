@@ -1,0 +1,159 @@
+// One memory budget for the whole process: what the plan counts, how `auto` chooses a mode,
+// what a percentage is a share of, and the lossless streamed path that needs no calibration.
+// (That the process really stays inside the plan is checked in a cgroup: tests/memory/.)
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <span>
+
+#include "common/error.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "flash/flash_layout.h"
+#include "support/test_model.h"
+
+namespace flashlm {
+namespace {
+
+struct Converted {
+  std::string gguf, flm;
+};
+
+Converted converted(const std::string& name) {
+  Converted c{testing::temp_path(name + ".gguf"), testing::temp_path(name + ".flm")};
+  testing::write_tiny_model(c.gguf, {.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0});
+  convert_to_flm(c.gguf, c.flm, {.force = true});
+  return c;
+}
+
+EngineOptions options(const std::string& mode, const std::string& budget = "") {
+  return {.threads = 2, .context_size = 64, .max_batch = 8, .mode = mode, .mem_budget = budget};
+}
+
+const std::vector<int32_t> kPrompt = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114};
+
+std::vector<float> logits_of(const Model& model, const EngineOptions& o) {
+  Engine engine(model, o);
+  std::vector<float> out;
+  for (size_t i = 0; i < kPrompt.size(); ++i) {
+    auto logits = engine.transformer().forward(std::span(&kPrompt[i], 1));
+    out.insert(out.end(), logits.begin(), logits.end());
+  }
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(double{a[i]} - b[i]));
+  return d;
+}
+
+TEST(MemoryBudget, PlanCountsEveryPartAndItsTotal) {
+  const Converted m = converted("parts");
+  auto model = Model::load(m.flm);
+  const MemoryPlan p = plan_engine_memory(*model, options("hybrid"));
+  EXPECT_GT(p.working.process, 0u);
+  EXPECT_GT(p.working.kv_cache, 0u);
+  EXPECT_GT(p.working.activations, 0u);
+  EXPECT_GT(p.working.reserve, 0u);
+  EXPECT_EQ(p.working.predictors, 0u);  // hybrid consults no predictor
+  EXPECT_EQ(p.total_bytes(), p.dram_bytes() + p.working.total());
+  // The KV cache follows -c and the cache type.
+  EngineOptions longer = options("hybrid");
+  longer.context_size = 128;
+  EXPECT_EQ(plan_engine_memory(*model, longer).working.kv_cache, 2 * p.working.kv_cache);
+  EngineOptions f32 = options("hybrid");
+  f32.cache_type_k = f32.cache_type_v = "f32";
+  EXPECT_EQ(plan_engine_memory(*model, f32).working.kv_cache, 2 * p.working.kv_cache);
+  const std::string text = p.describe();
+  for (const char* part : {"KV cache", "activations", "the process itself", "reserve", "total"}) {
+    EXPECT_NE(text.find(part), std::string::npos) << part << " missing from:\n" << text;
+  }
+}
+
+TEST(MemoryBudget, EveryModeStaysInsideItsBudget) {
+  const Converted m = converted("inside");
+  auto model = Model::load(m.flm);
+  for (const std::string mode : {"naive", "hybrid", "sparse"}) {
+    const MemoryPlan roomy = plan_engine_memory(*model, options(mode));
+    for (double share : {0.0, 0.5}) {
+      const uint64_t budget = roomy.fixed_bytes() + static_cast<uint64_t>(share * roomy.ffn_bytes);
+      Engine engine(*model, options(mode, std::to_string(budget)));
+      EXPECT_LE(engine.plan()->total_bytes(), budget) << mode << " " << share;
+      EXPECT_GE(engine.plan()->total_bytes(), budget - budget / 10) << mode << " " << share;
+    }
+  }
+}
+
+TEST(MemoryBudget, TooSmallABudgetIsRefusedWithEveryPartAndWhatToChange) {
+  const Converted m = converted("refused");
+  auto model = Model::load(m.flm);
+  const MemoryPlan roomy = plan_engine_memory(*model, options("naive"));
+  try {
+    Engine engine(*model, options("naive", std::to_string(roomy.fixed_bytes() - 1)));
+    FAIL() << "a budget one byte under the fixed part must be refused";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const char* part : {"too small", "KV cache", "the process itself", "-c", "--mem-budget"}) {
+      EXPECT_NE(what.find(part), std::string::npos) << part << " missing from: " << what;
+    }
+  }
+  EXPECT_NO_THROW(Engine(*model, options("naive", std::to_string(roomy.fixed_bytes()))));
+}
+
+TEST(MemoryBudget, PercentIsOfTheSourceGguf) {
+  const Converted m = converted("percent");
+  auto model = Model::load(m.flm);
+  const uint64_t gguf_bytes = std::filesystem::file_size(m.gguf);
+  EXPECT_EQ(model->flash->source_bytes(), gguf_bytes);
+  const MemoryPlan p = plan_engine_memory(*model, options("mmap", "20000%"));
+  EXPECT_EQ(p.percent_base, gguf_bytes);
+  EXPECT_EQ(p.budget, gguf_bytes * 200);
+  EXPECT_NE(p.describe().find("source GGUF"), std::string::npos) << p.describe();
+  // A GGUF model's percentage is of its own file.
+  auto gguf = Model::load(m.gguf);
+  EXPECT_EQ(plan_engine_memory(*gguf, options("dense", "20000%")).budget, gguf_bytes * 200);
+}
+
+TEST(MemoryBudget, AutoRunsDenseWhenItFitsElseStreamedSparse) {
+  const Converted m = converted("auto");
+  auto model = Model::load(m.flm);
+  const MemoryPlan unbounded = plan_engine_memory(*model, options("auto"));
+  EXPECT_EQ(unbounded.mode, FfnMode::Dense);
+  const MemoryPlan dense = plan_engine_memory(*model, options("dense"));
+  const MemoryPlan fits = plan_engine_memory(*model, options("auto", std::to_string(dense.fixed_bytes())));
+  EXPECT_EQ(fits.mode, FfnMode::Dense);
+  const MemoryPlan tight =
+      plan_engine_memory(*model, options("auto", std::to_string(dense.fixed_bytes() - 1)));
+  EXPECT_EQ(tight.mode, FfnMode::Sparse);
+  EXPECT_EQ(tight.sparse_reads, SparseReads::Streamed);
+  EXPECT_NE(tight.mode_reason.find("lossless"), std::string::npos) << tight.mode_reason;
+  EXPECT_NE(tight.describe().find("chosen"), std::string::npos) << tight.describe();
+}
+
+// The default fast path: streamed sparse reads at --sparsity 0 compute every neuron, need no
+// sparsity file at all, and give dense's logits under a budget that streams most of the FFN.
+TEST(MemoryBudget, StreamedAtSparsityZeroIsLosslessWithoutCalibration) {
+  const Converted m = converted("lossless");
+  auto model = Model::load(m.flm);
+  ASSERT_FALSE(std::filesystem::exists(m.flm + ".sparse"));
+  const auto dense = logits_of(*model, options("dense"));
+  const MemoryPlan roomy = plan_engine_memory(*model, options("sparse"));
+  const std::string budget = std::to_string(roomy.fixed_bytes() + roomy.ffn_bytes / 4);
+  for (const std::string mode : {"auto", "sparse"}) {
+    Engine engine(*model, options(mode, budget));
+    EXPECT_EQ(engine.plan()->mode, FfnMode::Sparse);
+    EXPECT_EQ(engine.plan()->sparse_reads, SparseReads::Streamed);
+    EXPECT_GT(engine.plan()->resident_neurons_per_layer, 0);
+    EXPECT_LT(engine.plan()->resident_neurons_per_layer, model->config.d_ff);
+  }
+  const auto streamed = logits_of(*model, options("sparse", budget));
+  EXPECT_LT(max_abs_diff(streamed, dense), 1e-4);
+  // Planned reads consult the predictor: without a sparsity file they are refused clearly.
+  EngineOptions planned = options("sparse", budget);
+  planned.sparse_reads = "planned";
+  EXPECT_THROW(Engine(*model, planned), Error);
+}
+
+}  // namespace
+}  // namespace flashlm
