@@ -44,6 +44,9 @@ AlignedBuffer::AlignedBuffer(size_t size) : size_(size) {
   if (size == 0) return;
   data_ = static_cast<uint8_t*>(std::aligned_alloc(kPageBytes, align_up(size, kPageBytes)));
   if (!data_) throw std::bad_alloc();
+  // Committed now, not on first use: the process holds what its plan says from the start
+  // (RSS flat over a run, and a budget the machine cannot give fails at start, not later).
+  std::memset(data_, 0, align_up(size, kPageBytes));
 }
 
 AlignedBuffer::~AlignedBuffer() { std::free(data_); }

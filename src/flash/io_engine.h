@@ -38,7 +38,7 @@ constexpr uint64_t align_up(uint64_t x, uint64_t alignment) {
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
-  explicit AlignedBuffer(size_t size);  // contents uninitialized
+  explicit AlignedBuffer(size_t size);  // zeroed, its pages committed
   ~AlignedBuffer();
   AlignedBuffer(AlignedBuffer&& other) noexcept;
   AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;

@@ -214,7 +214,7 @@ std::string MemoryPlan::describe() const {
   }
   s += fmt::format(
       "  KV cache {}, activations {}, predictors {}, the process itself {} (code, libraries, "
-      "tokenizer, metadata; measured), reserve {} (allocator slack, thread stacks)\n",
+      "tokenizer, metadata; measured), reserve {} (allocator slack, thread stacks, page cache of code and files read)\n",
       mib(working.kv_cache), mib(working.activations), mib(working.predictors),
       mib(working.process), mib(working.reserve));
   if (mode == FfnMode::Mmap && budget_given) {
