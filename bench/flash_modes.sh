@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The flash-store benchmark: each FFN mode in its own process on the standard workload
 # (128-token prompt from the evaluation text, 256 greedy tokens), at a memory budget.
-# The mmap mode runs inside a cgroup v1 memory limit equal to the budget plus the process's
-# non-weight needs, with the page cache dropped before each run, so the OS really has to
-# evict; that needs root. Usage:
+# `flashlm bench` runs every mode (dense excepted: the unlimited reference) inside a cgroup
+# v1 memory limit equal to the budget, with the page cache dropped before each run, so the
+# figures are what a machine of that size gets; that needs root (without it the modes run
+# unconfined and bench says so). Usage:
 #   bench/flash_modes.sh MODEL.flm [BUDGET=50%] [OUT_DIR=bench/results]
-# Environment: MODES (default "dense naive hybrid mmap"; add sparse-oracle and sparse, each
-#   optionally with its read strategy: sparse:planned, sparse:streamed; default auto),
-#   SPARSITY (calibrated level the sparse modes use, default 0.5), N_GEN (generated tokens,
-#   default 256), WINDOW (neuron-cache window, default 4), PLOT (PNG to draw, optional),
-#   ROUNDS (default 1: the modes run in turn ROUNDS times, A B C A B C ..., and the table shows
-#   each figure's median over the rounds and "vs naive" as the median of per-round ratios; the
-#   virtual disk here moves 15-50% between runs, so compare modes on several rounds).
+# Environment: MODES (default "dense naive hybrid mmap sparse"; sparse-oracle too, and each
+#   sparse mode optionally with its read strategy: sparse:planned, sparse:streamed; default
+#   auto), SPARSITY (level the sparse modes use, default 0: lossless; a level > 0 needs
+#   `flashlm calibrate`, planned reads a trained predictor too), N_GEN (generated tokens,
+#   default 256), CTX (-c, default 1024), WINDOW (neuron-cache window, default 4), PLOT (PNG
+#   to draw, optional), ROUNDS (default 1: the modes run in turn ROUNDS times, A B C A B C
+#   ..., and the table shows each figure's median over the rounds and "vs naive" as the
+#   median of per-round ratios; the virtual disk here moves 15-50% between runs, so compare
+#   modes on several rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: bench/flash_modes.sh MODEL.flm [BUDGET] [OUT_DIR]}
@@ -22,53 +25,22 @@ text=data/text/eval.txt
 [ -f "$text" ] || scripts/fetch_text.sh
 mkdir -p "$out"
 name=$(basename "$model" .flm)
-# KV cache, activations, code and allocator slack: what the process needs besides weights
-# (measured from the dense run when there is one; see run_mode).
-overhead_mib=${OVERHEAD_MIB:-100}
-modes=${MODES:-dense naive hybrid mmap}
-sparsity=${SPARSITY:-0.5}
+modes=${MODES:-dense naive hybrid mmap sparse}
+sparsity=${SPARSITY:-0}
 n_gen=${N_GEN:-256}
+ctx=${CTX:-1024}
 window=${WINDOW:-4}
 rounds=${ROUNDS:-1}
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-drop_page_cache() {
-  sync
-  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(cannot drop the page cache: not root)"
-}
 # run_mode MODE ROUND: one run, its JSON in $out/$name-MODE-rROUND.json.
 run_mode() {
   local mode=$1 json=$out/$name-${1/:/-}-r$2.json
-  if [ "$mode" = mmap ] && [ -w /sys/fs/cgroup/memory ]; then
-    local bytes
-    bytes=$("$flashlm" bench -m "$model" --modes dense --mem-budget 1000000G -n 1 -p 1 -f "$text" 2>&1 |
-      sed -n 's/.*budget \([0-9.]*\) MiB of a \([0-9.]*\) MiB model.*/\2/p' | head -1)
-    # What the process needs besides weights (KV cache, activations, code): the dense run's
-    # peak RSS minus the model, when the dense run came first.
-    local dense_json=$out/$name-dense-r1.json
-    if [ -z "${OVERHEAD_MIB:-}" ] && [ -f "$dense_json" ]; then
-      overhead_mib=$(python3 -c "import json; r=json.load(open('$dense_json'))[0]; print(max(16, int(r['rss_bytes']/2**20 - float('$bytes')) + 8))")
-    fi
-    local limit_mib
-    limit_mib=$(python3 -c "b='$budget'; m=float('$bytes'); print(int((m*float(b[:-1])/100 if b.endswith('%') else float(b.rstrip('MG'))*(1024 if b.endswith('G') else 1)) + $overhead_mib))")
-    local cg=/sys/fs/cgroup/memory/flashlm-bench-$$
-    mkdir -p "$cg"
-    echo $((limit_mib * 1024 * 1024)) > "$cg/memory.limit_in_bytes"
-    echo "mmap: cgroup memory limit ${limit_mib} MiB (budget + ${overhead_mib} MiB for KV cache, activations, code)"
-    # Cold start, after the sizing run above: pages left in the page cache would be charged to
-    # the root cgroup, not to this one, and escape the limit.
-    drop_page_cache
-    (echo $BASHPID > "$cg/cgroup.procs"; exec "$flashlm" bench -m "$model" --modes mmap \
-      --mem-budget "$budget" -f "$text" -n "$n_gen" --json "$json") | tail -n +1
-    rmdir "$cg" 2>/dev/null || true
-  else
-    drop_page_cache
-    local extra=() base=${mode%%:*}
-    case $mode in sparse*) extra=(--sparsity "$sparsity" --window "$window") ;; esac
-    case $mode in *:*) extra+=(--sparse-reads "${mode#*:}") ;; esac
-    "$flashlm" bench -m "$model" --modes "$base" --mem-budget "$budget" -f "$text" \
-      -n "$n_gen" "${extra[@]}" --json "$json"
-  fi
+  local extra=() base=${mode%%:*}
+  case $mode in sparse*) extra=(--sparsity "$sparsity" --window "$window") ;; esac
+  case $mode in *:*) extra+=(--sparse-reads "${mode#*:}") ;; esac
+  "$flashlm" bench -m "$model" --modes "$base" --mem-budget "$budget" -f "$text" -c "$ctx" \
+    -n "$n_gen" "${extra[@]}" --json "$json"
 }
 rm -f "$out/$name"-*-r*.json
 for round in $(seq "$rounds"); do
@@ -100,8 +72,8 @@ for mode, results in runs.items():
 dense = next((r for r in rows if r["mode"] == "dense"), None)
 naive = next((r for r in rows if r["mode"] == "naive"), None)
 print(f"\n| mode | I/O ms | mem ms | compute ms (select) | total ms | vs naive | MiB read/token | read MiB/s "
-      f"| neurons loaded/token | cache hits | recall / precision | same tokens as dense | peak RSS MiB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+      f"| neurons loaded/token | cache hits | recall / precision | same tokens as dense | plan MiB | cgroup peak MiB | limit MiB | refaults |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     same = "-" if not dense else f"{100*sum(a==b for a,b in zip(r['tokens'], dense['tokens']))/len(r['tokens']):.1f}%"
     speed = f"{statistics.median(r['vs_naive_per_round']):.2f}x" if r.get("vs_naive_per_round") else "-"
@@ -112,7 +84,9 @@ for r in rows:
                if r["mode"] == "sparse" and r.get("predictor_recall") else "-")
     print(f"| {r['label']} | {r['ms_io']:.2f} | {r['ms_mem']:.2f} | {r['ms_compute']:.2f} ({r.get('ms_select', 0):.2f}) "
           f"| {r['ms_total']:.2f} | {speed} | {r['bytes_read_per_token']/2**20:.2f} | {r['read_mib_per_s']:.0f} "
-          f"| {loaded} | {hits} | {quality} | {same} | {r.get('rss_bytes', 0)/2**20:.0f} |")
+          f"| {loaded} | {hits} | {quality} | {same} | {r['plan_total_bytes']/2**20:.0f} "
+          f"| {(r['cgroup_peak_bytes'] or r['peak_rss_bytes'])/2**20:.0f} "
+          f"| {r['cgroup_limit_bytes']/2**20 if r['cgroup_limit_bytes'] else '-'} | {r['cgroup_refaults']} |")
 if rounds > 1:
     print(f"\nms/token in each of the {rounds} rounds (and vs naive in that round):")
     for r in rows:
@@ -124,5 +98,5 @@ PY
 if [ -n "${PLOT:-}" ]; then
   mkdir -p "$(dirname "$PLOT")"
   python3 bench/plot_breakdown.py "$out/$name-all.json" -o "$PLOT" \
-    --title "$name: ms per token by mode, budget $budget (mmap: page faults count as compute)"
+    --title "$name: ms per token by mode, budget $budget in a cgroup (mmap: page faults count as compute)"
 fi

@@ -10,6 +10,7 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "flash/flash_layout.h"
+#include "sparse/calibrate.h"
 #include "support/test_model.h"
 
 namespace flashlm {
@@ -153,6 +154,30 @@ TEST(MemoryBudget, StreamedAtSparsityZeroIsLosslessWithoutCalibration) {
   EngineOptions planned = options("sparse", budget);
   planned.sparse_reads = "planned";
   EXPECT_THROW(Engine(*model, planned), Error);
+}
+
+// calibrate under a budget streams the FFN (hybrid) and finds the same thresholds.
+TEST(MemoryBudget, CalibrationUnderABudgetFindsTheSameThresholds) {
+  const Converted m = converted("calibrate");
+  auto model = Model::load(m.flm);
+  std::string text;
+  for (int i = 0; i < 20; ++i) text += "the quick brown fox jumps over the lazy dog. ";
+  CalibrationOptions calibration{.threads = 2, .max_tokens = 256, .segment_tokens = 64,
+                                 .levels = {0.5f}};
+  const SparsityProfile dense = calibrate_thresholds(*model, text, calibration, {});
+  EngineOptions tool = options("hybrid");
+  tool.context_size = 64;
+  tool.max_batch = 32;
+  const MemoryPlan roomy = plan_engine_memory(*model, tool);
+  tool.mem_budget = std::to_string(roomy.fixed_bytes() + roomy.ffn_bytes / 5);
+  const MemoryPlan plan = plan_engine_memory(*model, tool);
+  ASSERT_LT(plan.resident_neurons_per_layer, model->config.d_ff);
+  calibration.ffn_plan = &plan;
+  const SparsityProfile streamed = calibrate_thresholds(*model, text, calibration, {});
+  ASSERT_EQ(streamed.thresholds.size(), 1u);
+  for (size_t l = 0; l < dense.thresholds[0].size(); ++l) {
+    EXPECT_NEAR(streamed.thresholds[0][l], dense.thresholds[0][l], 1e-6) << "layer " << l;
+  }
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 #include "common/thread_pool.h"
 
+#include "common/error.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <string>
 #include <vector>
 
 namespace flashlm {
@@ -57,6 +60,34 @@ TEST(ThreadPool, SumsMatchASerialLoop) {
   int64_t total = 0;
   for (int64_t p : partial) total += p;
   EXPECT_EQ(total, int64_t{100000} * 99999 / 2);
+}
+
+
+// A chunk that throws, on a worker or on the caller: the caller gets the first exception,
+// the chunks not yet started are skipped, and the pool runs the next loop normally.
+TEST(ThreadPool, AnExceptionInAChunkReachesTheCallerAndThePoolGoesOn) {
+  ThreadPool pool(2);
+  for (int64_t bad : {int64_t{0}, int64_t{999}}) {  // the caller's first chunk, a late one
+    std::atomic<int64_t> ran{0};
+    try {
+      pool.parallel_for(
+          1000,
+          [&](int64_t begin, int64_t end, int) {
+            if (begin <= bad && bad < end) fail("index {} is bad", bad);
+            ran += end - begin;
+          },
+          10);
+      FAIL() << "the loop must rethrow";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), fmt::format("index {} is bad", bad));
+    }
+    EXPECT_LT(ran.load(), 1000);
+    std::atomic<int64_t> sum{0};
+    pool.parallel_for(100, [&](int64_t begin, int64_t end, int) {
+      for (int64_t i = begin; i < end; ++i) sum += i;
+    });
+    EXPECT_EQ(sum.load(), 4950);
+  }
 }
 
 }  // namespace

@@ -14,9 +14,24 @@
 
 namespace flashlm {
 
+std::unique_ptr<MemoryPlan> tool_memory_plan(const Model& model, const std::string& budget,
+                                             int threads, int segment_tokens,
+                                             uint64_t sample_bytes) {
+  if (budget.empty()) return nullptr;
+  const EngineOptions options{.threads = threads,
+                              .context_size = segment_tokens,
+                              .max_batch = 32,
+                              .mode = "hybrid",
+                              .mem_budget = budget,
+                              .sample_bytes = sample_bytes};
+  auto plan = std::make_unique<MemoryPlan>(plan_engine_memory(model, options));
+  std::fprintf(stderr, "%s\n", plan->describe().c_str());
+  return plan;
+}
+
 void register_calibrate_command(CLI::App& app) {
   struct Options {
-    std::string model, text, output, levels = "0.3,0.5,0.7,0.8,0.9";
+    std::string model, text, output, levels = "0.3,0.5,0.7,0.8,0.9", budget;
     CalibrationOptions calibration;
   };
   auto o = std::make_shared<Options>();
@@ -33,6 +48,10 @@ void register_calibrate_command(CLI::App& app) {
   cmd->add_option("--levels", o->levels, "Target sparsities, comma-separated")
       ->capture_default_str();
   cmd->add_option("-t,--threads", o->calibration.threads, "Worker threads (default: all cores)");
+  cmd->add_option("--mem-budget", o->budget,
+                  "Memory the whole process may use (as for run): the FFN then streams from "
+                  "flash (hybrid) around the samples this command keeps")
+      ->envname("FLASHLM_MEM_BUDGET");
   cmd->callback([o] {
     const std::string text = read_text_file(o->text, "calibration text");
     o->calibration.levels.clear();
@@ -45,6 +64,10 @@ void register_calibrate_command(CLI::App& app) {
       }
     }
     auto model = Model::load(o->model);
+    const auto plan = tool_memory_plan(*model, o->budget, o->calibration.threads,
+                                       o->calibration.segment_tokens,
+                                       calibration_sample_bytes(model->config, o->calibration));
+    o->calibration.ffn_plan = plan.get();
     ProgressBar bar("calibrating");
     const SparsityProfile profile =
         calibrate_thresholds(*model, text, o->calibration,

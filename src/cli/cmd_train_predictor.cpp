@@ -20,7 +20,7 @@ namespace flashlm {
 
 void register_train_predictor_command(CLI::App& app) {
   struct Options {
-    std::string model, text, sparse_file;
+    std::string model, text, sparse_file, budget;
     float sparsity = 0.5f;
     int rank = 64, rank_last = 128;
     PredictorTrainingOptions training;
@@ -73,6 +73,10 @@ void register_train_predictor_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("-t,--threads", o->calibration.threads, "Worker threads (default: all cores)");
+  cmd->add_option("--mem-budget", o->budget,
+                  "Memory the whole process may use (as for run): the FFN then streams from "
+                  "flash (hybrid) around the samples and training state this command keeps")
+      ->envname("FLASHLM_MEM_BUDGET");
   cmd->callback([o] {
     using Clock = std::chrono::steady_clock;
     const std::string text = read_text_file(o->text, "calibration text");
@@ -92,6 +96,15 @@ void register_train_predictor_command(CLI::App& app) {
       thresholds = SparsityProfile::from_gguf(*file, c.n_layers).at(o->sparsity);
     }
 
+    std::vector<int> ranks(c.n_layers, o->rank);
+    for (int l = c.n_layers - c.n_layers / 4; l < c.n_layers; ++l) ranks[l] = o->rank_last;
+    const int threads =
+        o->calibration.threads > 0 ? o->calibration.threads : ThreadPool::default_threads();
+    const auto plan = tool_memory_plan(
+        *model, o->budget, threads, o->calibration.segment_tokens,
+        predictor_training_bytes(c, o->calibration.max_tokens, ranks, threads));
+    o->calibration.ffn_plan = plan.get();
+
     auto start = Clock::now();
     std::vector<PredictorSamples> samples;
     {
@@ -101,10 +114,7 @@ void register_train_predictor_command(CLI::App& app) {
     }
     const double collect_seconds = std::chrono::duration<double>(Clock::now() - start).count();
 
-    std::vector<int> ranks(c.n_layers, o->rank);
-    for (int l = c.n_layers - c.n_layers / 4; l < c.n_layers; ++l) ranks[l] = o->rank_last;
-    ThreadPool pool(o->calibration.threads > 0 ? o->calibration.threads
-                                               : ThreadPool::default_threads());
+    ThreadPool pool(threads);
     std::vector<LayerTrainingReport> reports;
     start = Clock::now();
     ActivationPredictor predictor;

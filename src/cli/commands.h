@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <memory>
 #include <string>
 
 #include "engine/engine.h"
@@ -26,6 +27,13 @@ struct CommonOptions {
 // --temp, --top-k, --top-p and -s/--seed, with llama.cpp's names; `seed_given` records
 // whether -s came (otherwise callers seed from the clock).
 void add_sampling_options(CLI::App& cmd, SamplingParams& sampling, bool& seed_given);
+
+// calibrate and train-predictor under --mem-budget: the FFN's plan (hybrid: what the budget
+// leaves after the resident part, the KV cache, the working buffers and the tool's own
+// `sample_bytes`; the rest read from flash), printed; null without a budget.
+std::unique_ptr<MemoryPlan> tool_memory_plan(const Model& model, const std::string& budget,
+                                             int threads, int segment_tokens,
+                                             uint64_t sample_bytes);
 
 void register_run_command(CLI::App& app);
 void register_info_command(CLI::App& app);

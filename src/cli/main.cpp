@@ -158,6 +158,10 @@ int main(int argc, char** argv) {
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "error: out of memory; try a smaller --ctx-size or a smaller model\n");
     return 1;
+  } catch (const std::exception& e) {
+    // Anything else a library can throw (filesystem, system_error, json): one clear line.
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
   }
   return 0;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -55,7 +56,14 @@ void ThreadPool::run_chunks(uint64_t word, int thread_index) {
     const int64_t chunks = chunks_of(word);
     const int64_t begin = std::min(n_, blocks_ * chunk / chunks * grain_);
     const int64_t end = std::min(n_, blocks_ * (chunk + 1) / chunks * grain_);
-    if (begin < end) (*task_)(begin, end, thread_index);
+    // After a chunk threw, the rest are claimed and counted but not run: the loop stops early.
+    if (begin < end && !failed_.load(std::memory_order_acquire)) {
+      try {
+        (*task_)(begin, end, thread_index);
+      } catch (...) {
+        if (!failed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
+      }
+    }
     done_.fetch_add(1, std::memory_order_acq_rel);
     word = claim_.load(std::memory_order_acquire);
   }
@@ -92,6 +100,8 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   const int64_t chunks = std::min<int64_t>(blocks_, size() * kChunksPerThread);
   task_ = &fn;
   n_ = n;
+  failed_.store(false, std::memory_order_relaxed);
+  error_ = nullptr;
   done_.store(0, std::memory_order_relaxed);
   const uint64_t generation = generation_of(claim_.load(std::memory_order_relaxed)) + 1;
   const uint64_t word = (generation << 32) | (static_cast<uint64_t>(chunks) << 16);
@@ -108,6 +118,9 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
       std::this_thread::yield();
     }
   }
+  // The first exception a chunk threw, on whichever thread: the caller's now. (Written
+  // before that chunk was counted done, so it is visible here.)
+  if (failed_.load(std::memory_order_acquire)) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 }  // namespace flashlm

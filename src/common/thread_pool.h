@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -31,7 +32,8 @@ class ThreadPool {
   // Calls fn(begin, end, thread_index) on disjoint chunks covering [0, n), chunk boundaries
   // multiples of `grain`; a thread may get several chunks, never two at once, and
   // thread_index < size() names the thread (for per-thread scratch). Returns when all chunks
-  // are done.
+  // are done. If fn throws, on any thread, chunks not yet started are skipped and the first
+  // exception is rethrown here once the running ones have finished.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                     int64_t grain = 1);
 
@@ -54,6 +56,8 @@ class ThreadPool {
   std::atomic<int64_t> done_{0};
   std::atomic<uint64_t> wake_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> failed_{false};  // a chunk of the current job threw
+  std::exception_ptr error_;         // the first exception, set by whoever set failed_
 };
 
 }  // namespace flashlm

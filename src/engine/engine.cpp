@@ -24,6 +24,7 @@ SparsityProfile load_profile(const Model& model, const EngineOptions& options) {
   std::unique_ptr<GgufFile> file;
   try {
     file = GgufFile::open(path);
+    file->drop_page_cache_on_close();
   } catch (const Error& e) {
     fail("{}\nsparsity thresholds come from a calibration run: flashlm calibrate -m {} -f TEXT",
          e.what(), model.file->path());
@@ -40,6 +41,7 @@ ActivationPredictor load_predictor(const Model& model, const EngineOptions& opti
   std::unique_ptr<GgufFile> file;
   try {
     file = GgufFile::open(sparse_path(model, options));
+    file->drop_page_cache_on_close();
   } catch (const Error& e) {
     fail("{}\nthis sparse mode consults an activation predictor: flashlm calibrate -m {} -f TEXT, "
          "then flashlm train-predictor -m {} -f TEXT --sparsity {:.2f} (or --sparse-reads "
@@ -103,6 +105,7 @@ WorkingMemory working_memory(const Model& model, const EngineOptions& options, i
                   static_cast<uint64_t>(threads + 1) * batch * c.d_model * sizeof(float) +
                   batch * widest * 3;
   w.predictors = predictor_bytes;
+  w.samples = options.sample_bytes;
   // Not countable: malloc's slack, thread stacks, code pages touched later, and the page cache
   // that a memory cgroup charges to the process besides its mapped pages (readahead around
   // the code and weights it maps, files it reads: 6-7 MiB measured under a limit, after the

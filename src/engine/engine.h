@@ -53,6 +53,9 @@ struct EngineOptions {
   // sparse mode: also run the oracle beside the predictor to measure its recall and precision
   // (needs a dense copy of the FFN outside the budget: a measuring instrument for bench)
   bool measure_predictor = false;
+  // What a tool running the model holds besides it (calibrate's and train-predictor's samples),
+  // counted in the budget.
+  uint64_t sample_bytes = 0;
 };
 
 class Engine {

@@ -135,6 +135,7 @@ void FlashFeedForward::gather_bundles(int layer) {
     bundles_[i] = i < split ? first + static_cast<size_t>(i) * stride
                             : second + static_cast<size_t>(i - split) * stride;
   }
+  gathered_layer_ = layer;
   stats_.memory_seconds += seconds_since(start);
 }
 
@@ -154,10 +155,11 @@ void FlashFeedForward::set_thresholds(std::vector<float> thresholds) {
 }
 
 void FlashFeedForward::activations(int layer, const float* x, float* out) {
-  if (plan_.mode != FfnMode::Dense) {
-    fail("internal error: activations of every neuron need dense mode");
+  if (plan_.mode == FfnMode::Dense || plan_.mode == FfnMode::Mmap) {
+    gather_bundles(layer);
+  } else if (layer != gathered_layer_) {
+    fail("internal error: activations of layer {} after reading layer {}", layer, gathered_layer_);
   }
-  gather_bundles(layer);
   sparse_ffn_.activations(bundles_, x, out);
 }
 

@@ -35,7 +35,8 @@ class FlashFeedForward : public FeedForward {
 
   // Per-layer activation thresholds (see sparse/sparsity.h); empty: every neuron counts.
   void set_thresholds(std::vector<float> thresholds);
-  // act(gate . x) of every neuron of `layer` for one token (dense mode: all bundles in DRAM).
+  // act(gate . x) of every neuron of `layer` for one token. Dense and mmap modes: any layer;
+  // naive and hybrid: the layer of the last forward() call, whose bundles are still in DRAM.
   void activations(int layer, const float* x, float* out);
 
   const FlashStats& stats() const { return stats_; }
@@ -56,6 +57,7 @@ class FlashFeedForward : public FeedForward {
   AlignedBuffer stream_;    // naive / hybrid: the layer being read
   void gather_bundles(int layer);
   std::vector<const uint8_t*> bundles_;  // this layer's bundles, handed to the FFN kernel
+  int gathered_layer_ = -1;              // whose bundles bundles_ points at
   std::vector<float> thresholds_;
   void* map_ = nullptr;     // mmap mode: the whole file
   size_t map_bytes_ = 0;

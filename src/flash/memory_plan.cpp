@@ -78,12 +78,13 @@ namespace {
   const WorkingMemory& w = p.working;
   fail("the memory budget of {} is too small for {} mode: it needs at least {} (resident weights "
        "{}, stream buffers {}, FFN in DRAM {}, KV cache {}, activations {}, predictors {}, the "
-       "process itself {}, reserve {}); raise --mem-budget, pass a smaller -c or "
-       "--cache-type-k/-v q8_0 (KV cache){}",
+       "process itself {}, reserve {}{}); raise --mem-budget, pass a smaller -c or "
+       "--cache-type-k/-v q8_0 (KV cache){}{}",
        mib(p.budget), ffn_mode_name(p.mode), mib(needed), mib(p.resident_bytes),
        mib(p.stream_buffer_bytes), mib(p.mode == FfnMode::Dense ? p.ffn_dram_bytes : 0),
        mib(w.kv_cache), mib(w.activations), mib(w.predictors), mib(w.process), mib(w.reserve),
-       advice);
+       w.samples ? fmt::format(", calibration samples {}", mib(w.samples)) : "",
+       w.samples ? ", fewer --tokens (calibration samples)" : "", advice);
 }
 
 }  // namespace
@@ -103,6 +104,12 @@ MemoryPlan plan_gguf_memory(const GgufFile& model, uint64_t budget, const Workin
   return p;
 }
 
+uint64_t layer_buffer_bytes(const FlashModelFile& model) {
+  uint64_t largest = 0;
+  for (const FlmLayer& l : model.layers()) largest = std::max(largest, l.bytes);
+  return largest + 2 * kFlmRegionAlignment;
+}
+
 MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budget,
                        SparseReads reads, const WorkingMemory& working) {
   MemoryPlan p;
@@ -114,7 +121,7 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
   p.ffn_bytes = model.bundle_region_bytes();
   for (const GgufTensor& t : model.gguf().tensors()) p.resident_bytes += t.bytes;
   p.model_bytes = p.resident_bytes + p.ffn_bytes;
-  const uint64_t layer_bytes = model.layers().front().bytes + 2 * kFlmRegionAlignment;
+  const uint64_t layer_bytes = layer_buffer_bytes(model);
   if (const GgufTensor* table = untied_embedding(model.gguf()); table && mode != FfnMode::Dense) {
     p.embedding_flash_bytes = table->bytes;
     p.resident_bytes -= table->bytes;
@@ -214,9 +221,13 @@ std::string MemoryPlan::describe() const {
   }
   s += fmt::format(
       "  KV cache {}, activations {}, predictors {}, the process itself {} (code, libraries, "
-      "tokenizer, metadata; measured), reserve {} (allocator slack, thread stacks, page cache of code and files read)\n",
+      "tokenizer, metadata; measured), reserve {} (allocator slack, thread stacks, page cache "
+      "of code and files read)\n",
       mib(working.kv_cache), mib(working.activations), mib(working.predictors),
       mib(working.process), mib(working.reserve));
+  if (working.samples > 0) {
+    s += fmt::format("  calibration samples and training state: {}\n", mib(working.samples));
+  }
   if (mode == FfnMode::Mmap && budget_given) {
     s += fmt::format("  page cache for the mapped FFN: the remaining {}\n",
                      mib(budget > dram_bytes() + working.total()

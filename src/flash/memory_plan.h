@@ -57,10 +57,14 @@ struct WorkingMemory {
   uint64_t kv_cache = 0;
   uint64_t activations = 0;  // the forward pass's buffers: hidden states, logits, scratch
   uint64_t predictors = 0;   // sparse mode's activation predictors, when it consults them
+  // calibrate and train-predictor: the activation samples they gather (and the training state)
+  uint64_t samples = 0;
   // What cannot be counted exactly (allocator slack, thread stacks, pages of code touched
   // later): reserved.
   uint64_t reserve = 0;
-  uint64_t total() const { return process + kv_cache + activations + predictors + reserve; }
+  uint64_t total() const {
+    return process + kv_cache + activations + predictors + samples + reserve;
+  }
 };
 
 struct MemoryPlan {
@@ -105,6 +109,9 @@ struct MemoryPlan {
   }
   std::string describe() const;
 };
+
+// One layer's FFN bundles plus alignment at both ends: what a buffer reading one layer holds.
+uint64_t layer_buffer_bytes(const FlashModelFile& model);
 
 // Splits `budget` for `mode` (and, in the sparse modes, for `reads`) after `working`; throws
 // with the numbers and what to change when even the fixed part does not fit, or when dense

@@ -243,7 +243,10 @@ GgufFile::~GgufFile() {
     unregister_mapped_file(map_);
     munmap(const_cast<uint8_t*>(map_), size_);
   }
-  if (fd_ >= 0) close(fd_);
+  if (fd_ >= 0) {
+    if (drop_page_cache_) posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED);  // best effort
+    close(fd_);
+  }
 }
 
 void GgufFile::parse() {

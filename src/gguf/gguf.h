@@ -101,6 +101,9 @@ class GgufFile {
   const GgufTensor& tensor(std::string_view name) const;  // throws when missing
   // The tensor's bytes inside the mapping (valid while this GgufFile lives).
   std::span<const uint8_t> tensor_data(const GgufTensor& tensor) const;
+  // A file read once and copied (thresholds, predictors): on close, its pages leave the page
+  // cache too, so they do not stay charged to a memory budget the plan does not count them in.
+  void drop_page_cache_on_close() { drop_page_cache_ = true; }
 
  private:
   GgufFile() = default;
@@ -110,6 +113,7 @@ class GgufFile {
   int fd_ = -1;
   const uint8_t* map_ = nullptr;
   uint64_t size_ = 0;
+  bool drop_page_cache_ = false;
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;

@@ -6,6 +6,7 @@
 #include "common/thread_pool.h"
 #include "engine/model.h"
 #include "flash/flash_ffn.h"
+#include "flash/memory_plan.h"
 #include "model/transformer.h"
 
 namespace flashlm {
@@ -51,8 +52,10 @@ int64_t run_calibration_text(const Model& model, std::string_view text,
   }
   ThreadPool pool(options.threads > 0 ? options.threads : ThreadPool::default_threads());
   const FlashModelFile& flm = *model.flash;
-  FlashFeedForward dense(flm, model.config, plan_memory(flm, FfnMode::Dense, ~uint64_t{0} / 4),
-                         IoBackend::Auto, pool);
+  FlashFeedForward dense(
+      flm, model.config,
+      options.ffn_plan ? *options.ffn_plan : plan_memory(flm, FfnMode::Dense, ~uint64_t{0} / 4),
+      IoBackend::Auto, pool);
   ObservedFeedForward observed(dense, model.config.d_model, model.config.d_ff, observe);
   Transformer transformer(model.config, model.weights, observed, pool,
                           {.context_size = options.segment_tokens, .max_batch = 32});
@@ -66,11 +69,18 @@ int64_t run_calibration_text(const Model& model, std::string_view text,
   return static_cast<int64_t>(segments) * options.segment_tokens;
 }
 
+uint64_t calibration_sample_bytes(const ModelConfig& c, const CalibrationOptions& options) {
+  const uint64_t per_layer = std::min<uint64_t>(
+      options.samples_per_layer, static_cast<uint64_t>(options.max_tokens) * c.d_ff);
+  return static_cast<uint64_t>(c.n_layers) * per_layer * sizeof(float);
+}
+
 SparsityProfile calibrate_thresholds(const Model& model, std::string_view text,
                                      const CalibrationOptions& options,
                                      const std::function<void(int, int)>& progress) {
   ActivationSampler sampler(model.config.n_layers, options.samples_per_layer);
   const int d_ff = model.config.d_ff;
+  sampler.reserve(static_cast<size_t>(options.max_tokens) * d_ff);
   run_calibration_text(
       model, text, options,
       [&](int layer, const float*, const float* activations) {

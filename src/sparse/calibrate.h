@@ -14,6 +14,8 @@
 namespace flashlm {
 
 struct Model;
+struct ModelConfig;
+struct MemoryPlan;
 
 struct CalibrationOptions {
   int threads = 0;
@@ -21,6 +23,8 @@ struct CalibrationOptions {
   int segment_tokens = 256;  // the text is run in independent segments of this many tokens
   std::vector<float> levels = {0.3f, 0.5f, 0.7f, 0.8f, 0.9f};
   size_t samples_per_layer = size_t{1} << 21;
+  // The FFN's memory plan (naive or hybrid under a budget); null: every bundle in DRAM.
+  const MemoryPlan* ffn_plan = nullptr;
 };
 
 // Observes each layer's FFN input and the activations of all its neurons, token by token.
@@ -32,6 +36,9 @@ using ActivationObserver =
 int64_t run_calibration_text(const Model& model, std::string_view text,
                              const CalibrationOptions& options, const ActivationObserver& observe,
                              const std::function<void(int, int)>& progress);
+
+// The activation samples calibrate_thresholds keeps, for the memory budget.
+uint64_t calibration_sample_bytes(const ModelConfig& config, const CalibrationOptions& options);
 
 // Thresholds for options.levels from the activations of `text`.
 SparsityProfile calibrate_thresholds(const Model& model, std::string_view text,

@@ -27,6 +27,31 @@ void PredictorSamples::add(const float* x, const float* activations, float thres
   add_mask(x, mask.data());
 }
 
+void PredictorSamples::reserve(int64_t tokens) {
+  x_.reserve(static_cast<size_t>(tokens) * d_model_);
+  bits_.reserve(static_cast<size_t>(tokens) * words_);
+}
+
+uint64_t PredictorSamples::bytes_for(int64_t tokens, int d_model, int d_ff) {
+  const uint64_t words = (static_cast<uint64_t>(d_ff) + 63) / 64;
+  return static_cast<uint64_t>(tokens) * (d_model * sizeof(uint16_t) + words * sizeof(uint64_t)) +
+         static_cast<uint64_t>(d_ff) * sizeof(float) * 2;
+}
+
+uint64_t predictor_training_bytes(const ModelConfig& c, int64_t tokens,
+                                  const std::vector<int>& ranks, int threads) {
+  uint64_t bytes = 0, largest = 0;
+  for (int rank : ranks) {
+    const uint64_t layer =
+        (static_cast<uint64_t>(rank) * c.d_model + static_cast<uint64_t>(c.d_ff) * rank + c.d_ff) *
+        sizeof(float);
+    bytes += layer + PredictorSamples::bytes_for(tokens, c.d_model, c.d_ff);
+    largest = std::max(largest, layer);
+  }
+  // Per layer in training: gradients, Adam's two moments and the batch's buffers.
+  return bytes + static_cast<uint64_t>(std::max(threads, 1)) * 4 * largest;
+}
+
 void PredictorSamples::add_mask(const float* x, const uint8_t* mask) {
   for (int i = 0; i < d_model_; ++i) x_.push_back(float_to_fp16(x[i]));
   bits_.resize(bits_.size() + words_, 0);
@@ -233,6 +258,7 @@ std::vector<PredictorSamples> collect_predictor_samples(
     fail("internal error: {} thresholds for {} layers", thresholds.size(), c.n_layers);
   }
   std::vector<PredictorSamples> samples(c.n_layers, PredictorSamples(c.d_model, c.d_ff));
+  for (PredictorSamples& s : samples) s.reserve(options.max_tokens);
   run_calibration_text(
       model, text, options,
       [&](int layer, const float* x, const float* activations) {

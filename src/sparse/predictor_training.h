@@ -27,6 +27,9 @@ class PredictorSamples {
   void add(const float* x, const float* activations, float threshold);
   // Records one token with the mask given directly (mask[i] != 0: neuron i active).
   void add_mask(const float* x, const uint8_t* mask);
+  // Room for `tokens` tokens, allocated now (no growth by doubling past the budget).
+  void reserve(int64_t tokens);
+  static uint64_t bytes_for(int64_t tokens, int d_model, int d_ff);
 
   int64_t size() const { return n_; }
   int d_model() const { return d_model_; }
@@ -82,6 +85,12 @@ ActivationPredictor train_predictor(const std::vector<PredictorSamples>& samples
                                     const PredictorTrainingOptions& options, ThreadPool& pool,
                                     std::vector<LayerTrainingReport>& reports,
                                     const std::function<void(int, int)>& progress = {});
+
+// What train-predictor holds besides the model, for the memory budget: every layer's samples
+// of `tokens` tokens, the F32 predictors of `ranks`, and the Adam state and gradients of the
+// layers that `threads` train at once.
+uint64_t predictor_training_bytes(const ModelConfig& config, int64_t tokens,
+                                  const std::vector<int>& ranks, int threads);
 
 // Runs the dense model over `text` and records every layer's samples at `thresholds`.
 std::vector<PredictorSamples> collect_predictor_samples(

@@ -45,6 +45,10 @@ SparsityProfile SparsityProfile::from_gguf(const GgufFile& f, int n_layers) {
 ActivationSampler::ActivationSampler(int n_layers, size_t samples_per_layer, uint64_t seed)
     : samples_(n_layers), seen_(n_layers, 0), capacity_(samples_per_layer), rng_(seed) {}
 
+void ActivationSampler::reserve(size_t values) {
+  for (std::vector<float>& s : samples_) s.reserve(std::min(values, capacity_));
+}
+
 void ActivationSampler::add(int layer, const float* a, int64_t n) {
   std::vector<float>& s = samples_[layer];
   for (int64_t i = 0; i < n; ++i) {

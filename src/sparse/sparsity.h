@@ -32,6 +32,8 @@ class ActivationSampler {
  public:
   ActivationSampler(int n_layers, size_t samples_per_layer, uint64_t seed = 1);
   void add(int layer, const float* activations, int64_t n);
+  // Room for `values` samples per layer (at most the capacity), allocated now.
+  void reserve(size_t values);
   SparsityProfile profile(const std::vector<float>& levels) const;
 
  private:

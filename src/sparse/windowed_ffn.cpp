@@ -27,6 +27,9 @@ WindowedSparseFfn::WindowedSparseFfn(const FlashModelFile& file, const ModelConf
   for (size_t l = 0; l < file.layers().size(); ++l) {
     caches_.emplace_back(file.d_ff(), file.layout().stride, plan.cache_neurons_per_layer, window);
   }
+  // The plan counts one layer's staging buffer: take it now, so memory is flat from the start.
+  staging_ = AlignedBuffer(layer_buffer_bytes(file));
+  io_.register_buffers({std::span(staging_.data(), staging_.size())});  // best effort
 }
 
 void WindowedSparseFfn::add_read_neighbours(const ReadPlan& plan, uint64_t layer_offset,

@@ -128,14 +128,20 @@ def run_limited(command: list, limit: int) -> tuple:
         group.rmdir()
 
 
-@pytest.mark.parametrize("command", ["run", "perplexity"])
+@pytest.mark.parametrize("command", ["run", "perplexity", "calibrate", "train-predictor"])
 def test_commands_stay_inside_their_budget(flm, command):
-    args = [str(BINARY), command, "-m", str(flm), "--mem-budget", BUDGET, "-c", CONTEXT,
-            "-t", "2"]
+    args = [str(BINARY), command, "-m", str(flm), "--mem-budget", BUDGET, "-t", "2"]
     if command == "run":
-        args += ["-p", EVAL.read_text()[:600], "-n", TOKENS, "--temp", "0"]
+        args += ["-c", CONTEXT, "-p", EVAL.read_text()[:600], "-n", TOKENS, "--temp", "0"]
+    elif command == "perplexity":
+        args += ["-c", CONTEXT, "-f", str(EVAL), "--chunks", "1"]
     else:
-        args += ["-f", str(EVAL), "--chunks", "1"]
+        # Their samples count in the budget: 256 tokens keep them small enough for it. The
+        # outputs go beside the model, not over the fixture's sparsity file.
+        args += ["-f", str(CALIBRATION), "--tokens", "256"]
+        args += (["--levels", "0.5", "-o", str(flm) + ".budget.sparse"] if command == "calibrate"
+                 else ["--sparsity", "0.5", "--epochs", "1",
+                       "--sparse-file", str(flm) + ".budget.sparse"])
     code, peak, kills = run_limited(args, BUDGET_BYTES)
     assert kills == 0 and code == 0, f"{command} was killed by the memory limit"
     assert peak <= BUDGET_BYTES
