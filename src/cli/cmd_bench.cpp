@@ -212,6 +212,11 @@ ModeResult bench_mode(const BenchOptions& o, const std::string& mode,
     r.read_mib_per_s = s.io_seconds > 0 ? s.bytes_read / 1048576.0 / s.io_seconds : 0;
     r.read_requests_per_token = static_cast<double>(s.read_requests) / n;
   }
+  if (const StreamedWeightStats* w = engine.weight_stream_stats()) {
+    // Attention and output-head reads, when the budget leaves them on flash.
+    r.ms_io += w->io_seconds * 1e3 / n;
+    r.bytes_read_per_token += static_cast<double>(w->bytes_read) / n;
+  }
   if (const SparseStats* sparse = engine.sparse_stats()) {
     r.sparse_reads = sparse_reads_name(engine.plan()->sparse_reads);
     r.ms_select = sparse->select_seconds * 1e3 / n;

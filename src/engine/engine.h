@@ -12,6 +12,7 @@
 #include "flash/flash_embedding.h"
 #include "flash/flash_ffn.h"
 #include "flash/memory_plan.h"
+#include "flash/streamed_weights.h"
 #include "model/transformer.h"
 #include "sparse/predictor_selector.h"
 #include "sparse/sparsity.h"
@@ -73,6 +74,8 @@ class Engine {
   const MemoryPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
   // Flash counters (null for a GGUF model in dense mode); sparse counters (sparse modes only).
   const FlashStats* flash_stats() const;
+  // The attention and output-head reads, when the plan streams them; null otherwise.
+  const StreamedWeightStats* weight_stream_stats() const;
   const SparseStats* sparse_stats() const;
   // The predictor's online recall and precision (sparse mode with measure_predictor), else null.
   const PredictorQuality* predictor_quality() const;
@@ -89,7 +92,8 @@ class Engine {
   std::unique_ptr<NeuronSelector> measuring_oracle_;
   PredictorSelector* predictor_selector_ = nullptr;
   std::unique_ptr<SparseFeedForward> sparse_ffn_;
-  std::unique_ptr<FlashEmbedding> embedding_;  // flash modes with an untied embedding table
+  std::unique_ptr<FlashEmbedding> embedding_;  // when the plan leaves the table on flash
+  std::unique_ptr<StreamedWeights> streamed_weights_;  // when the plan streams attention/output
   std::unique_ptr<Transformer> transformer_;
 };
 

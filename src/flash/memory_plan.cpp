@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "flash/flash_embedding.h"
 #include "flash/flash_layout.h"
+#include "flash/streamed_weights.h"
 
 namespace flashlm {
 namespace {
@@ -104,6 +105,49 @@ MemoryPlan plan_gguf_memory(const GgufFile& model, uint64_t budget, const Workin
   return p;
 }
 
+namespace {
+
+// The smallest step past a plan whose fixed part does not fit: the attention of as few layers
+// as needed (the last ones), then the output head as well, left on flash and streamed. Every
+// byte streamed is read again every token, so no more is streamed than the budget demands.
+// Returns the plan that fits, or the one that streams everything (for the refusal).
+MemoryPlan stream_weights(const FlashModelFile& model, const MemoryPlan& resident,
+                          uint64_t budget) {
+  const GgufFile& file = model.gguf();
+  const int n = resident.n_layers;
+  MemoryPlan p;
+  for (const bool output : {false, true}) {
+    for (int k = 1; k <= n; ++k) {
+      p = resident;
+      p.streamed_attention_layers = k;
+      for (int l = n - k; l < n; ++l) {
+        p.attention_flash_bytes += StreamedWeights::attention_bytes(file, l);
+      }
+      p.resident_bytes -= p.attention_flash_bytes;
+      p.stream_buffer_bytes += StreamedWeights::layer_buffer_bytes(file, n);
+      if (output) {
+        const GgufTensor& head = StreamedWeights::output_tensor(file);
+        p.output_streamed = true;
+        p.output_flash_bytes = head.bytes;
+        p.stream_buffer_bytes += StreamedWeights::output_buffer_bytes(file);
+        if (p.embedding_flash_bytes == 0) {
+          // Tied: the head is the embedding table, which then leaves DRAM too; each token
+          // reads its own row of it.
+          p.embedding_flash_bytes = head.bytes;
+          p.stream_buffer_bytes +=
+              FlashEmbedding::buffer_bytes(head.bytes / std::max<int64_t>(head.rows(), 1),
+                                           kPageBytes);
+        }
+        p.resident_bytes -= head.bytes;
+      }
+      if (p.fixed_bytes() <= budget) return p;
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
 uint64_t layer_buffer_bytes(const FlashModelFile& model) {
   uint64_t largest = 0;
   for (const FlmLayer& l : model.layers()) largest = std::max(largest, l.bytes);
@@ -142,10 +186,16 @@ MemoryPlan plan_memory(const FlashModelFile& model, FfnMode mode, uint64_t budge
       p.stream_buffer_bytes += (reads == SparseReads::Streamed ? 2 : 1) * layer_bytes;
       break;
   }
+  if (budget < p.fixed_bytes() && mode != FfnMode::Dense && mode != FfnMode::Mmap) {
+    p = stream_weights(model, p, budget);
+  }
   const uint64_t fixed = p.fixed_bytes();
   if (budget < fixed) {
     refuse(p, fixed,
-           mode == FfnMode::Dense ? ", or use a streaming mode (naive, hybrid, sparse, mmap)" : "");
+           mode == FfnMode::Dense ? ", or use a streaming mode (naive, hybrid, sparse, mmap)"
+           : mode == FfnMode::Mmap
+               ? ""
+               : "; the attention and the output head already stream from flash in this plan");
   }
   const uint64_t per_neuron = model.layout().stride * static_cast<uint64_t>(p.n_layers);
   const int neurons = static_cast<int>(std::min<uint64_t>((budget - fixed) / per_neuron, p.d_ff));
@@ -178,6 +228,18 @@ std::string MemoryPlan::describe() const {
   if (embedding_flash_bytes > 0) {
     s += fmt::format("  token embeddings: {} left on flash, each token's row read when needed\n",
                      mib(embedding_flash_bytes));
+  }
+  if (streamed_attention_layers > 0) {
+    s += fmt::format(
+        "  attention of layers {}-{}: {} left on flash (the budget cannot hold it), read every "
+        "token one layer ahead\n",
+        n_layers - streamed_attention_layers, n_layers - 1, mib(attention_flash_bytes));
+  }
+  if (output_streamed) {
+    s += fmt::format(
+        "  output head: {} left on flash (the budget cannot hold it), read every token in {} "
+        "chunks, each while the one before it computes\n",
+        mib(output_flash_bytes), mib(StreamedWeights::kOutputChunkBytes));
   }
   switch (mode) {
     case FfnMode::Dense:

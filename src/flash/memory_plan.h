@@ -84,6 +84,14 @@ struct MemoryPlan {
   // Flash modes, when the token embedding is not the output head: its table stays on flash
   // and each token reads its row (flash/flash_embedding.h); not part of resident_bytes.
   uint64_t embedding_flash_bytes = 0;
+  // Budgets too small for them in DRAM: the attention matrices of the last
+  // streamed_attention_layers layers and (output_streamed) the output head stay on flash too,
+  // read a step ahead of the compute every token (flash/streamed_weights.h); their bytes are
+  // not part of resident_bytes, their buffers are part of stream_buffer_bytes.
+  int streamed_attention_layers = 0;
+  bool output_streamed = false;
+  uint64_t attention_flash_bytes = 0, output_flash_bytes = 0;
+  bool streams_weights() const { return streamed_attention_layers > 0 || output_streamed; }
   WorkingMemory working;
   SparseReads sparse_reads = SparseReads::Planned;  // sparse modes
   // Sparse modes: the share of each layer that reads of the active neurons would bring in

@@ -138,10 +138,12 @@ void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits
   if (embed_scale != 1.0f) scale_f32(x_.data(), embed_scale, n * d);
 
   for (int layer = 0; layer < c.n_layers; ++layer) {
-    const LayerWeights& w = weights_.layers[layer];
+    const LayerWeights& w = options_.weight_stream
+                                ? options_.weight_stream->layer(layer, weights_.layers[layer])
+                                : weights_.layers[layer];
     // x += Attention(RMSNorm(x))
     rms_norm(x_.data(), w.attn_norm.data, xn_.data(), n, d, c.rms_eps);
-    attention(layer, n);
+    attention(layer, w, n);
     if (w.post_attn_norm) rms_norm(out_.data(), w.post_attn_norm.data, out_.data(), n, d, c.rms_eps);
     for (int64_t i = 0; i < n * d; ++i) x_[i] += out_[i];
     // x += FFN(RMSNorm(x))
@@ -155,16 +157,17 @@ void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t rows = n - first;
   rms_norm(x_.data() + first * d, weights_.output_norm.data, xn_.data(), rows, d, c.rms_eps);
-  linear(weights_.output, xn_.data(), rows, logits_.data(), pool_);
+  if (!options_.weight_stream || !options_.weight_stream->output(xn_.data(), rows, logits_.data())) {
+    linear(weights_.output, xn_.data(), rows, logits_.data(), pool_);
+  }
   n_past_ += static_cast<int>(n);
 }
 
 // Grouped-query attention for the n tokens at positions n_past_.. of one layer, reading xn_
 // and writing out_ (n x d_model). Keys and values are appended to the cache first (in its
 // storage types), so each token attends to everything before it and to itself (causal).
-void Transformer::attention(int layer, int64_t n) {
+void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
   const ModelConfig& c = config_;
-  const LayerWeights& w = weights_.layers[layer];
   const int hd = c.head_dim;
   linear(w.wq, xn_.data(), n, q_.data(), pool_, w.bq);
   linear(w.wk, xn_.data(), n, k_.data(), pool_, w.bk);

@@ -14,6 +14,7 @@
 #include "model/config.h"
 #include "model/feed_forward.h"
 #include "model/token_embedding.h"
+#include "model/weight_stream.h"
 #include "model/weights.h"
 #include "quant/kernels.h"
 #include "quant/types.h"
@@ -27,6 +28,8 @@ struct TransformerOptions {
   int max_batch = 64;       // tokens per forward step during prompt processing
   // Where the embedding rows come from; null: the weights' table in DRAM (ResidentEmbedding).
   TokenEmbedding* embedding = nullptr;
+  // Where the attention matrices and the output head come from; null: the weights in DRAM.
+  WeightStream* weight_stream = nullptr;
   // How the KV cache stores keys and values: F32, F16 (llama.cpp's default: half the memory,
   // the same perplexity) or Q8_0 (about a quarter; needs head_dim a multiple of 32).
   TensorType kv_type_k = TensorType::F16, kv_type_v = TensorType::F16;
@@ -65,7 +68,7 @@ class Transformer {
 
  private:
   void forward_batch(std::span<const int32_t> tokens, bool all_logits);
-  void attention(int layer, int64_t n_tokens);
+  void attention(int layer, const LayerWeights& w, int64_t n_tokens);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;

@@ -5,8 +5,10 @@
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "engine/model.h"
+#include "flash/flash_embedding.h"
 #include "flash/flash_ffn.h"
 #include "flash/memory_plan.h"
+#include "flash/streamed_weights.h"
 #include "model/transformer.h"
 
 namespace flashlm {
@@ -44,11 +46,22 @@ int64_t run_calibration_text(const Model& model, std::string_view text,
          "-o MODEL.flm",
          model.file->path());
   }
-  const std::vector<int32_t> tokens = model.tokenizer.encode(text, model.tokenizer.add_bos(), false);
+  // Only the first max_tokens are run: tokenize a prefix that holds them (tokens are far
+  // shorter than 16 bytes), not a whole long file, whose pieces would outgrow the budget.
+  const size_t prefix = static_cast<size_t>(options.max_tokens) * 16;
+  std::vector<int32_t> tokens = model.tokenizer.encode(
+      std::string_view(text).substr(0, prefix), model.tokenizer.add_bos(), false);
+  if (static_cast<int64_t>(tokens.size()) < options.max_tokens && text.size() > prefix) {
+    tokens = model.tokenizer.encode(text, model.tokenizer.add_bos(), false);
+  }
   const int64_t n = std::min<int64_t>(options.max_tokens, static_cast<int64_t>(tokens.size()));
-  if (n < options.segment_tokens) {
+  if (static_cast<int64_t>(tokens.size()) < options.segment_tokens) {
     fail("the calibration text has {} tokens; at least {} are needed", tokens.size(),
          options.segment_tokens);
+  }
+  if (n < options.segment_tokens) {
+    fail("--tokens {} is less than one calibration segment of {} tokens; pass --tokens {} or more",
+         options.max_tokens, options.segment_tokens, options.segment_tokens);
   }
   ThreadPool pool(options.threads > 0 ? options.threads : ThreadPool::default_threads());
   const FlashModelFile& flm = *model.flash;
@@ -57,8 +70,24 @@ int64_t run_calibration_text(const Model& model, std::string_view text,
       options.ffn_plan ? *options.ffn_plan : plan_memory(flm, FfnMode::Dense, ~uint64_t{0} / 4),
       IoBackend::Auto, pool);
   ObservedFeedForward observed(dense, model.config.d_model, model.config.d_ff, observe);
-  Transformer transformer(model.config, model.weights, observed, pool,
-                          {.context_size = options.segment_tokens, .max_batch = 32});
+  TransformerOptions t{.context_size = options.segment_tokens, .max_batch = 32};
+  // A budget that leaves the embedding table, the attention or the output head on flash.
+  std::unique_ptr<FlashEmbedding> embedding;
+  std::unique_ptr<StreamedWeights> streamed;
+  if (const MemoryPlan* plan = options.ffn_plan) {
+    if (plan->embedding_flash_bytes > 0) {
+      embedding = std::make_unique<FlashEmbedding>(
+          model.file->path(), model.file->tensor("token_embd.weight"), IoBackend::Auto);
+      t.embedding = embedding.get();
+    }
+    if (plan->streams_weights()) {
+      streamed = std::make_unique<StreamedWeights>(
+          *model.file, model.weights, model.config.n_layers - plan->streamed_attention_layers,
+          plan->output_streamed, IoBackend::Auto, pool);
+      t.weight_stream = streamed.get();
+    }
+  }
+  Transformer transformer(model.config, model.weights, observed, pool, t);
   const int segments = static_cast<int>(n / options.segment_tokens);
   for (int s = 0; s < segments; ++s) {
     transformer.truncate(0);
