@@ -283,22 +283,15 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       ffn = sparse_ffn_.get();
     }
   }
-  if (plan_->embedding_flash_bytes > 0) {
-    embedding_ = std::make_unique<FlashEmbedding>(
-        model.file->path(), model.file->tensor("token_embd.weight"), options.io_backend);
-  }
-  if (plan_->streams_weights()) {
-    streamed_weights_ = std::make_unique<StreamedWeights>(
-        *model.file, model.weights, model.config.n_layers - plan_->streamed_attention_layers,
-        plan_->output_streamed, options.io_backend, pool_);
-  }
-  TransformerOptions t = transformer_options(options, embedding_.get());
-  t.weight_stream = streamed_weights_.get();
+  sources_ = std::make_unique<FlashWeightSources>(*model.file, model.weights, *plan_,
+                                                  options.io_backend, pool_);
+  TransformerOptions t = transformer_options(options, sources_->embedding.get());
+  t.weight_stream = sources_->streamed.get();
   transformer_ = std::make_unique<Transformer>(model.config, model.weights, *ffn, pool_, t);
 }
 
 const StreamedWeightStats* Engine::weight_stream_stats() const {
-  return streamed_weights_ ? &streamed_weights_->stats() : nullptr;
+  return sources_->streamed ? &sources_->streamed->stats() : nullptr;
 }
 
 Engine::~Engine() = default;
@@ -320,7 +313,7 @@ const PredictorQuality* Engine::predictor_quality() const {
 void Engine::reset_stats() {
   if (flash_ffn_) flash_ffn_->reset_stats();
   if (sparse_ffn_) sparse_ffn_->reset_stats();
-  if (streamed_weights_) streamed_weights_->reset_stats();
+  if (sources_->streamed) sources_->streamed->reset_stats();
 }
 
 }  // namespace flashlm

@@ -92,8 +92,7 @@ class Engine {
   std::unique_ptr<NeuronSelector> measuring_oracle_;
   PredictorSelector* predictor_selector_ = nullptr;
   std::unique_ptr<SparseFeedForward> sparse_ffn_;
-  std::unique_ptr<FlashEmbedding> embedding_;  // when the plan leaves the table on flash
-  std::unique_ptr<StreamedWeights> streamed_weights_;  // when the plan streams attention/output
+  std::unique_ptr<FlashWeightSources> sources_;  // what the plan leaves on flash besides the FFN
   std::unique_ptr<Transformer> transformer_;
 };
 

@@ -209,4 +209,18 @@ bool StreamedWeights::output(const float* x, int64_t n_tokens, float* logits) {
   return true;
 }
 
+FlashWeightSources::FlashWeightSources(const GgufFile& file, const ModelWeights& weights,
+                                       const MemoryPlan& plan, IoBackend backend,
+                                       ThreadPool& pool) {
+  if (plan.embedding_flash_bytes > 0) {
+    embedding = std::make_unique<FlashEmbedding>(file.path(), file.tensor("token_embd.weight"),
+                                                 backend);
+  }
+  if (plan.streams_weights()) {
+    streamed = std::make_unique<StreamedWeights>(
+        file, weights, static_cast<int>(weights.layers.size()) - plan.streamed_attention_layers,
+        plan.output_streamed, backend, pool);
+  }
+}
+
 }  // namespace flashlm

@@ -9,10 +9,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "flash/flash_embedding.h"
 #include "flash/io_engine.h"
+#include "flash/memory_plan.h"
 #include "gguf/gguf.h"
 #include "model/weight_stream.h"
 #include "model/weights.h"
@@ -84,6 +87,15 @@ class StreamedWeights : public WeightStream {
   int pending_chunk_slot_ = 0;
   std::vector<ReadRequest> chunk_requests_;
   StreamedWeightStats stats_;
+};
+
+// What a plan leaves on flash besides the FFN: the embedding table and the streamed attention
+// and output head, built once for any forward pass (engine, calibrate); null where resident.
+struct FlashWeightSources {
+  std::unique_ptr<FlashEmbedding> embedding;
+  std::unique_ptr<StreamedWeights> streamed;
+  FlashWeightSources(const GgufFile& file, const ModelWeights& weights, const MemoryPlan& plan,
+                     IoBackend backend, ThreadPool& pool);
 };
 
 }  // namespace flashlm

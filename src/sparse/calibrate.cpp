@@ -1,6 +1,7 @@
 #include "sparse/calibrate.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "common/error.h"
 #include "common/thread_pool.h"
@@ -72,20 +73,11 @@ int64_t run_calibration_text(const Model& model, std::string_view text,
   ObservedFeedForward observed(dense, model.config.d_model, model.config.d_ff, observe);
   TransformerOptions t{.context_size = options.segment_tokens, .max_batch = 32};
   // A budget that leaves the embedding table, the attention or the output head on flash.
-  std::unique_ptr<FlashEmbedding> embedding;
-  std::unique_ptr<StreamedWeights> streamed;
-  if (const MemoryPlan* plan = options.ffn_plan) {
-    if (plan->embedding_flash_bytes > 0) {
-      embedding = std::make_unique<FlashEmbedding>(
-          model.file->path(), model.file->tensor("token_embd.weight"), IoBackend::Auto);
-      t.embedding = embedding.get();
-    }
-    if (plan->streams_weights()) {
-      streamed = std::make_unique<StreamedWeights>(
-          *model.file, model.weights, model.config.n_layers - plan->streamed_attention_layers,
-          plan->output_streamed, IoBackend::Auto, pool);
-      t.weight_stream = streamed.get();
-    }
+  std::optional<FlashWeightSources> sources;
+  if (options.ffn_plan) {
+    sources.emplace(*model.file, model.weights, *options.ffn_plan, IoBackend::Auto, pool);
+    t.embedding = sources->embedding.get();
+    t.weight_stream = sources->streamed.get();
   }
   Transformer transformer(model.config, model.weights, observed, pool, t);
   const int segments = static_cast<int>(n / options.segment_tokens);
