@@ -8,9 +8,12 @@
 
 #include "common/error.h"
 #include "common/thread_pool.h"
+#include "engine/generate.h"
 #include "gguf/gguf.h"
 #include "model/feed_forward.h"
 #include "quant/reference.h"
+#include "sampling/sampler.h"
+#include "tokenizer/tokenizer.h"
 #include "support/test_model.h"
 
 namespace flashlm {
@@ -312,6 +315,30 @@ TEST(Transformer, TruncateReplaysIdentically) {
   tr.truncate(0);
   auto again = tr.forward(kTokens);
   EXPECT_EQ(max_abs_diff(again, expected), 0.0);
+}
+
+// A request abandoned mid-prompt (a server told to stop) stops between batches, keeps the
+// batches it processed, and a later pass over the rest gives the logits of an uncut run.
+TEST(Generate, CancelledBetweenPromptBatchesKeepsWhatItProcessed) {
+  Loaded m = load_tiny({}, "tiny-cancel.gguf");
+  const Tokenizer tokenizer = Tokenizer::from_gguf(*m.file);
+  ThreadPool pool(1);
+  DenseFeedForward ffn(m.config, m.weights, pool);
+  Transformer tr(m.config, m.weights, ffn, pool, {.context_size = 32, .max_batch = 5});
+  Sampler greedy({});
+  int asked = 0;
+  int tokens = 0;
+  const GenerationStats stats =
+      generate(tr, greedy, tokenizer, kTokens, 4, [&](int32_t) { return ++tokens, true; },
+               [&] { return ++asked > 2; });  // yes before the third batch (tokens 10-11)
+  EXPECT_TRUE(stats.cancelled);
+  EXPECT_EQ(asked, 3);
+  EXPECT_EQ(tokens, 0);
+  EXPECT_EQ(tr.n_past(), 10);
+  const auto rest = tr.forward(std::span(kTokens).subspan(10));
+  const std::vector<float> resumed(rest.begin(), rest.end());
+  Transformer uncut(m.config, m.weights, ffn, pool, {.context_size = 32, .max_batch = 5});
+  EXPECT_EQ(max_abs_diff(uncut.forward(kTokens), resumed), 0.0);
 }
 
 TEST(Transformer, RejectsOverflowingContextAndBadTokens) {

@@ -156,7 +156,8 @@ void chat(ChatOptions& o) {
     interrupted = false;
     std::string answer;
     const SessionResult result =
-        session.run({prompt, o.n_predict > 0 ? std::min(o.n_predict, room) : room, sampling, {}},
+        session.run({prompt, o.n_predict > 0 ? std::min(o.n_predict, room) : room, sampling, {},
+                     [] { return interrupted.load(); }},
                     [&](std::string_view text) {
                       std::fwrite(text.data(), 1, text.size(), stdout);
                       std::fflush(stdout);

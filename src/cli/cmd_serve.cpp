@@ -3,6 +3,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -64,11 +65,27 @@ void serve(ServeOptions& o) {
   ApiServer server(engine, o.server);
   const int port = server.bind();
 
-  std::jthread watcher([&server](std::stop_token done) {
+  // A stop lets the request in progress end at its next step (a batch of its prompt, or a
+  // token) and the server close cleanly; should that take longer than kStopGrace (a batch of
+  // a large model, a request still being read), the process ends there anyway: a stop
+  // request is answered within a second, whatever a request is doing.
+  static constexpr auto kStopGrace = std::chrono::milliseconds(700);
+  std::atomic<bool> stopped{false};
+  std::jthread watcher([&server, &stopped](std::stop_token done) {
     while (!done.stop_requested() && !stop_requested) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    if (stop_requested) server.stop();
+    if (!stop_requested) return;
+    server.stop();
+    const auto deadline = std::chrono::steady_clock::now() + kStopGrace;
+    while (!stopped && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (stopped) return;
+    std::fprintf(stderr, "flashlm serve: stopped (a request still running was abandoned)\n");
+    std::fflush(stderr);
+    std::fflush(stdout);
+    std::_Exit(0);
   });
   // On stdout, so that scripts that start the server with --port 0 can read the port.
   std::printf("flashlm serve: listening on http://%s:%d (model %s, context %d, %d threads)\n",
@@ -76,6 +93,7 @@ void serve(ServeOptions& o) {
               engine.transformer().context_size(), engine.pool().size());
   std::fflush(stdout);
   server.listen();
+  stopped = true;
   std::fprintf(stderr, "flashlm serve: stopped\n");
 }
 

@@ -99,16 +99,35 @@ ApiServer::Impl::Impl(Engine& engine_, ServerOptions options_)
   add_routes();
 }
 
+// A text that makes more tokens than the context holds is refused before it is tokenized: a
+// text of n bytes makes at least n / (the longest token's bytes) tokens.
+static void check_prompt_length(const Tokenizer& tokenizer, size_t bytes, int context_size,
+                         const char* param) {
+  const size_t at_least = bytes / tokenizer.longest_token_bytes();
+  if (at_least > static_cast<size_t>(context_size)) {
+    throw ApiError(400,
+                   fmt::format("'{}' is {} bytes, which make at least {} tokens, more than the "
+                               "context of {} tokens holds; shorten it (or start the server "
+                               "with a larger -c)",
+                               param, bytes, at_least, context_size),
+                   param, "context_length_exceeded");
+  }
+}
+
 PreparedRequest ApiServer::Impl::prepare(Endpoint endpoint, const std::string& body) {
   PreparedRequest p;
   const bool chat = endpoint == Endpoint::Chat;
   if (chat) {
     ChatRequest r = parse_chat_request(body, limits);
     const std::string text = apply_chat_template(tokenizer, r.messages, true);
+    check_prompt_length(tokenizer, text.size(), limits.context_size, "messages");
     p.prompt = tokenizer.encode(text, tokenizer.add_bos(), /*parse_special=*/true);
     p.params = std::move(r.params);
   } else {
     CompletionRequest r = parse_completion_request(body, limits);
+    if (!r.prompt_is_tokens) {
+      check_prompt_length(tokenizer, r.prompt.size(), limits.context_size, "prompt");
+    }
     // Special tokens in a raw prompt count as such, so a client can apply its own template.
     p.prompt = r.prompt_is_tokens
                    ? std::move(r.prompt_tokens)
@@ -141,7 +160,8 @@ SessionResult ApiServer::Impl::generate(const PreparedRequest& request,
   SamplingParams sampling = request.params.sampling;
   if (!request.params.seed_given) sampling.seed = seeds();
   const SessionResult result =
-      session.run({request.prompt, request.max_tokens, sampling, request.params.stop},
+      session.run({request.prompt, request.max_tokens, sampling, request.params.stop,
+                   [this] { return stopping.load(); }},
                   [&](std::string_view text) { return !stopping && on_text(text); });
   GenerationRecord record{.prompt_tokens = result.prompt_tokens,
                           .reused_tokens = result.reused_tokens,

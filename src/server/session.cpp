@@ -34,7 +34,9 @@ SessionResult Session::run(const SessionRequest& request, const TextCallback& on
                                 return false;
                               }
                               return !matcher.stopped();
-                            });
+                            },
+                            request.cancelled);
+    cancelled = cancelled || result.stats.cancelled;
   } catch (...) {
     // A pass that failed halfway leaves the cache in no known state.
     transformer.truncate(0);

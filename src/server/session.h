@@ -23,12 +23,15 @@ struct SessionRequest {
   int max_tokens = 0;
   SamplingParams sampling;
   std::vector<std::string> stop;  // the answer ends before the first of these
+  // Asked before each step, the prompt's batches included: true abandons the request
+  // (Finish::Cancelled) within one batch, where on_text is asked only after each token.
+  std::function<bool()> cancelled;
 };
 
 enum class Finish {
   Stop,       // end of generation token or stop sequence
   Length,     // max_tokens, or the context is full
-  Cancelled,  // on_text returned false
+  Cancelled,  // on_text returned false, or the request's `cancelled` true
 };
 
 struct SessionResult {

@@ -30,6 +30,10 @@ struct ByteMap {
     }
   }
 };
+uint64_t pair_key(int32_t left, int32_t right) {
+  return static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32 | static_cast<uint32_t>(right);
+}
+
 const ByteMap& byte_map() {
   static const ByteMap map;
   return map;
@@ -171,12 +175,31 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     }
   }
   t.ids_.reserve(n);
+  // A token's text is never shorter than the bytes it stands for (GPT-2's symbols and
+  // SentencePiece's U+2581 take one or more bytes for one; byte tokens "<0x41>" six for one).
+  for (const std::string& token : t.tokens_) {
+    t.longest_token_bytes_ = std::max(t.longest_token_bytes_, token.size());
+  }
   for (int64_t i = 0; i < n; ++i) t.ids_.emplace(t.tokens_[i], static_cast<int32_t>(i));
   if (t.kind_ == Kind::BytePairs) {
+    for (int b = 0; b < 256; ++b) {
+      std::string symbol;
+      append_utf8(symbol, byte_map().to_codepoint[b]);
+      t.byte_ids_[b] = t.find(symbol);
+    }
+    // A merge "A B" joins tokens A and B into token AB; a merge whose parts or result are not
+    // in the vocabulary could never apply to tokens and is left out.
     const auto& merges = f.get_string_array("tokenizer.ggml.merges");
-    t.merge_ranks_.reserve(merges.size());
+    t.merges_.reserve(merges.size());
     for (size_t r = 0; r < merges.size(); ++r) {
-      t.merge_ranks_.emplace(merges[r], static_cast<int32_t>(r));
+      const std::string& m = merges[r];
+      const size_t space = m.find(' ', 1);
+      if (space == std::string::npos) continue;
+      const int32_t left = t.find(std::string_view(m).substr(0, space));
+      const int32_t right = t.find(std::string_view(m).substr(space + 1));
+      const int32_t joined = t.find(m.substr(0, space) + m.substr(space + 1));
+      if (left < 0 || right < 0 || joined < 0) continue;
+      t.merges_.emplace(pair_key(left, right), Merge{static_cast<int32_t>(r), joined});
     }
   }
   auto id_or = [&](const char* key, int32_t fallback) {
@@ -215,17 +238,19 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   for (const char* marker : kFimMarkers) {
     if (int32_t id = t.find(marker); id >= 0) t.types_[id] = kControl;
   }
-  t.specials_by_first_byte_.resize(256);
   for (int64_t i = 0; i < n; ++i) {
     const int32_t type = t.types_[i];
-    if ((type == kControl || type == kUserDefined || type == kUnknown) && !t.tokens_[i].empty()) {
-      t.specials_by_first_byte_[static_cast<uint8_t>(t.tokens_[i][0])].push_back(static_cast<int32_t>(i));
+    if ((type != kControl && type != kUserDefined && type != kUnknown) || t.tokens_[i].empty()) {
+      continue;
     }
-  }
-  for (auto& group : t.specials_by_first_byte_) {
-    std::stable_sort(group.begin(), group.end(), [&](int32_t a, int32_t b) {
-      return t.tokens_[a].size() > t.tokens_[b].size();
-    });
+    int32_t node = 0;
+    for (char ch : t.tokens_[i]) {
+      const uint64_t edge = static_cast<uint64_t>(node) << 8 | static_cast<uint8_t>(ch);
+      auto [it, added] = t.special_edges_.emplace(edge, static_cast<int32_t>(t.special_ends_.size()));
+      if (added) t.special_ends_.push_back(-1);
+      node = it->second;
+    }
+    if (t.special_ends_[node] < 0) t.special_ends_[node] = static_cast<int32_t>(i);
   }
   if (t.eos_ >= 0) t.end_of_generation_.insert(t.eos_);
   if (auto eot = f.find_uint("tokenizer.ggml.eot_token_id"); eot && *eot < static_cast<uint64_t>(n)) {
@@ -247,12 +272,12 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
   bool first = true;
   for (size_t i = 0; i < text.size();) {
     int32_t special = -1;
-    for (int32_t id : specials_by_first_byte_[static_cast<uint8_t>(text[i])]) {
-      if (!parse_special && types_[id] != kUserDefined) continue;
-      if (text.compare(i, tokens_[id].size(), tokens_[id]) == 0) {
-        special = id;
-        break;
-      }
+    for (size_t k = i, node = 0; k < text.size(); ++k) {
+      auto it = special_edges_.find(static_cast<uint64_t>(node) << 8 | static_cast<uint8_t>(text[k]));
+      if (it == special_edges_.end()) break;
+      node = static_cast<size_t>(it->second);
+      const int32_t id = special_ends_[node];
+      if (id >= 0 && (parse_special || types_[id] == kUserDefined)) special = id;
     }
     if (special < 0) {
       ++i;
@@ -303,39 +328,59 @@ void Tokenizer::encode_fragment(std::string_view text, bool first_fragment,
 }
 
 void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const {
-  // Bytes to GPT-2's printable code points, one symbol each; then merge the adjacent pair with
-  // the lowest merge rank until no pair has one.
-  std::vector<std::string> symbols;
-  for (char ch : word) {
-    std::string s;
-    append_utf8(s, byte_map().to_codepoint[static_cast<uint8_t>(ch)]);
-    symbols.push_back(std::move(s));
+  // Bytes to the tokens of GPT-2's printable code points, one symbol each, in a linked list;
+  // then merge the adjacent pair with the lowest merge rank (leftmost on ties) until no pair
+  // has one. Candidate pairs wait in a heap and are checked when they come out (an earlier
+  // merge may have changed either side), so a word of n bytes takes O(n log n).
+  struct Symbol {
+    int32_t id;  // -1: a byte without a token, or merged into its left neighbour (unlinked)
+    int prev, next;
+  };
+  const int n = static_cast<int>(word.size());
+  std::vector<Symbol> symbols(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) {
+    symbols[k] = {byte_ids_[static_cast<uint8_t>(word[k])], k - 1, k + 1 < n ? k + 1 : -1};
   }
-  std::string pair;
-  while (symbols.size() > 1) {
-    int32_t best_rank = INT32_MAX;
-    size_t best = 0;
-    for (size_t k = 0; k + 1 < symbols.size(); ++k) {
-      pair.assign(symbols[k]).append(" ").append(symbols[k + 1]);
-      auto it = merge_ranks_.find(pair);
-      if (it != merge_ranks_.end() && it->second < best_rank) {
-        best_rank = it->second;
-        best = k;
-      }
+  struct Candidate {
+    int32_t rank;
+    int left, right;
+    int32_t left_id, right_id;
+  };
+  auto later = [](const Candidate& a, const Candidate& b) {
+    return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, decltype(later)> queue(later);
+  auto consider = [&](int left, int right) {
+    if (left < 0 || right < 0) return;
+    const int32_t a = symbols[left].id, b = symbols[right].id;
+    if (a < 0 || b < 0) return;
+    auto it = merges_.find(pair_key(a, b));
+    if (it != merges_.end()) queue.push({it->second.rank, left, right, a, b});
+  };
+  for (int k = 0; k + 1 < n; ++k) consider(k, k + 1);
+  while (!queue.empty()) {
+    const Candidate c = queue.top();
+    queue.pop();
+    Symbol& left = symbols[c.left];
+    if (left.id != c.left_id || left.next != c.right || symbols[c.right].id != c.right_id) {
+      continue;  // stale: a merge since it was queued changed one of its sides
     }
-    if (best_rank == INT32_MAX) break;
-    symbols[best] += symbols[best + 1];
-    symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    Symbol& right = symbols[c.right];
+    left.id = merges_.at(pair_key(c.left_id, c.right_id)).id;
+    left.next = right.next;
+    if (right.next >= 0) symbols[right.next].prev = c.left;
+    right.id = -1;
+    consider(left.prev, c.left);
+    consider(c.left, left.next);
   }
-  for (const std::string& s : symbols) {
-    const int32_t id = find(s);
-    if (id >= 0) {
-      out.push_back(id);
-      continue;
+  for (int k = 0; k >= 0 && k < n; k = symbols[k].next) {
+    if (symbols[k].id >= 0) {
+      out.push_back(symbols[k].id);
+    } else if (unknown_ >= 0) {
+      // A byte with no token (a byte-level vocabulary always has all 256): the unknown token,
+      // so that the loss stays visible rather than silently dropping text.
+      out.push_back(unknown_);
     }
-    // Not in the vocabulary (a byte-level vocabulary always has single bytes): fall back to
-    // the unknown token so the error stays visible rather than silently dropping text.
-    if (unknown_ >= 0) out.push_back(unknown_);
   }
 }
 

@@ -28,6 +28,9 @@ class Tokenizer {
   const std::string& token_text(int32_t id) const { return tokens_[id]; }
 
   int vocab_size() const { return static_cast<int>(tokens_.size()); }
+  // The most bytes of text one token stands for: a text of n bytes makes at least
+  // n / longest_token_bytes() tokens, which bounds a prompt's length before tokenizing it.
+  size_t longest_token_bytes() const { return longest_token_bytes_; }
   int32_t bos_id() const { return bos_; }
   int32_t eos_id() const { return eos_; }
   bool add_bos() const { return add_bos_; }
@@ -52,11 +55,22 @@ class Tokenizer {
   std::vector<int32_t> types_;
   std::vector<float> scores_;
   std::unordered_map<std::string, int32_t> ids_;
-  std::unordered_map<std::string, int32_t> merge_ranks_;  // "left right" -> rank
-  // Special tokens by first byte, longest first.
-  std::vector<std::vector<int32_t>> specials_by_first_byte_;
+  // Byte-level BPE: the merge of the adjacent tokens (left id << 32 | right id), with its rank
+  // (lower merges first) and the token it makes; and the token of each byte's printable symbol.
+  struct Merge {
+    int32_t rank;
+    int32_t id;
+  };
+  std::unordered_map<uint64_t, Merge> merges_;
+  int32_t byte_ids_[256] = {};
+  // The special tokens' texts as a trie: a node's children by (node << 8 | next byte), and the
+  // token each node completes (-1: none), so that the longest special token at a position is
+  // found in as many steps as it has bytes, however many special tokens the vocabulary has.
+  std::unordered_map<uint64_t, int32_t> special_edges_;
+  std::vector<int32_t> special_ends_{-1};
   std::unordered_set<int32_t> end_of_generation_;
   int32_t bos_ = -1, eos_ = -1, unknown_ = -1;
+  size_t longest_token_bytes_ = 1;
   bool add_bos_ = false;
   bool add_space_prefix_ = false;
   std::string architecture_;

@@ -31,12 +31,12 @@ def require_model():
 class ServerProcess:
     """`flashlm serve` on a free loopback port, with its log in a file."""
 
-    def __init__(self, log_path: Path, *extra: str):
+    def __init__(self, log_path: Path, *extra: str, context: int = CONTEXT, model: Path = MODEL):
         self.log_path = log_path
         self.log = log_path.open("w")
         self.process = subprocess.Popen(
-            [str(BINARY), "serve", "-m", str(MODEL), "--port", "0", "-t", "2",
-             "-c", str(CONTEXT), "--max-body", str(MAX_BODY), *extra],
+            [str(BINARY), "serve", "-m", str(model), "--port", "0", "-t", "2",
+             "-c", str(context), "--max-body", str(MAX_BODY), *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.url = self._wait_for_address(timeout=120)
 
@@ -88,8 +88,8 @@ def make_server(tmp_path):
     require_model()
     started = []
 
-    def make(*extra: str) -> ServerProcess:
-        s = ServerProcess(tmp_path / f"server{len(started)}.log", *extra)
+    def make(*extra: str, **options) -> ServerProcess:
+        s = ServerProcess(tmp_path / f"server{len(started)}.log", *extra, **options)
         started.append(s)
         return s
 

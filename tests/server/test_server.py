@@ -12,7 +12,7 @@ import openai
 import pytest
 import requests
 
-from conftest import CONTEXT, MAX_BODY, MODEL_ID
+from conftest import CONTEXT, MAX_BODY, MODEL, MODEL_ID, REPO
 
 CHAT = [{"role": "user", "content": "Name three colors."}]
 # A prompt the model continues at length, for tests that cut a generation short.
@@ -271,4 +271,64 @@ def test_sigterm_mid_generation_stops_cleanly(make_server):
     assert s.stop(signal.SIGTERM, timeout=20) == 0, s.log_text()
     assert time.monotonic() - started < 10
     t.join(timeout=30)
+    assert "stopped" in s.log_text()
+
+
+@pytest.mark.parametrize("text", ["!" * (MAX_BODY - 100), "a" * (MAX_BODY - 100),
+                                  "<" * (MAX_BODY - 100)])
+def test_hostile_prompt_is_answered_at_once(server, text):
+    """A body-sized prompt of one pre-token (quadratic to merge before: 58 s for 100 kB of
+    "!") is refused in well under a second, and the server keeps serving meanwhile."""
+    wait_until_idle(server)
+    started = time.monotonic()
+    r = post(server, "/v1/completions", {"prompt": text, "max_tokens": 4})
+    elapsed = time.monotonic() - started
+    assert_error(r, 400, "prompt", "context_length_exceeded")
+    assert elapsed < 1.0, f"{elapsed:.2f} s for a {len(text)}-byte prompt"
+    assert_healthy(server)
+
+
+def test_hostile_prompt_that_must_be_tokenized_is_answered_at_once(make_server):
+    """With a context large enough that the length alone does not refuse it, a body-sized
+    prompt of one pre-token is tokenized (O(n log n)) and answered in well under a second."""
+    s = make_server(context=8192)
+    for text in ["!" * (MAX_BODY - 100), "a" * (MAX_BODY - 100)]:
+        started = time.monotonic()
+        r = post(s, "/v1/completions", {"prompt": text, "max_tokens": 1})
+        elapsed = time.monotonic() - started
+        # Refused after tokenizing (the count of tokens is in the message), not before.
+        assert_error(r, 400, "prompt", "context_length_exceeded")
+        assert " tokens and the context holds 8192" in r.json()["error"]["message"], r.text
+        assert elapsed < 1.0, f"{elapsed:.2f} s to tokenize and refuse it"
+    assert_healthy(s)
+
+
+def test_sigterm_during_a_long_prompt_stops_within_a_second(make_server):
+    """SIGTERM while the server processes a long prompt: the prompt is abandoned between
+    batches, not finished first. On Qwen2.5-Coder-1.5B (where the suite has it) this prompt
+    takes several seconds; SmolLM2 otherwise."""
+    qwen = REPO / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    s = make_server(model=qwen if qwen.exists() else MODEL)
+    prompt = "hello " * (CONTEXT - 40)  # a token each
+    done = []
+
+    def request():
+        try:
+            done.append(post(s, "/v1/completions", {"prompt": prompt, "max_tokens": 8}))
+        except requests.RequestException:
+            done.append(None)  # the server may close the connection: that is the point
+
+    t = threading.Thread(target=request)
+    sent = time.monotonic()
+    t.start()
+    # The prompt is being processed once the server reports itself busy.
+    while metric(s, "flashlm_busy") == 0:
+        assert time.monotonic() - sent < 30 and t.is_alive(), "the request never started"
+        time.sleep(0.01)
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert s.stop(signal.SIGTERM, timeout=20) == 0, s.log_text()
+    elapsed = time.monotonic() - started
+    t.join(timeout=30)
+    assert elapsed < 1.0, f"the server took {elapsed:.2f} s to stop"
     assert "stopped" in s.log_text()
