@@ -16,6 +16,8 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "server/api.h"
+#include "sparse/predictor.h"
+#include "sparse/sparsity.h"
 #include "tokenizer/tokenizer.h"
 
 namespace flashlm::fuzz {
@@ -121,11 +123,32 @@ void server_request(const uint8_t* data, size_t size) {
   (void)resolve_max_tokens(params, prompt_tokens, limits.context_size, 256, "prompt");
 }
 
+void sparsity_file(const uint8_t* data, size_t size) {
+  constexpr int kLayers = 2, kModel = 32, kFfn = 32;  // scripts/fuzz_seeds.py's spm_q8_0 model
+  const MemoryFile memory(data, size);
+  const auto file = GgufFile::open(memory.path());
+  if (file->has("flashlm.sparsity.levels")) {
+    const SparsityProfile profile = SparsityProfile::from_gguf(*file, kLayers);
+    for (float level : profile.levels) {
+      for (float t : profile.at(level)) g_sink = static_cast<uint8_t>(t > 0);
+    }
+  }
+  for (float level : ActivationPredictor::levels_in(*file)) {
+    const auto predictor = ActivationPredictor::from_gguf(*file, level, kLayers, kModel, kFfn);
+    if (!predictor) continue;
+    for (const auto& layer : predictor->layers) {
+      g_sink = static_cast<uint8_t>(layer.a.empty() ? 0 : layer.a.back() > 0);
+      for (int32_t i : layer.pinned) g_sink = static_cast<uint8_t>(i);
+    }
+  }
+}
+
 Entry entry_by_name(const std::string& harness) {
   if (harness == "gguf_file") return gguf_file;
   if (harness == "flm_file") return flm_file;
   if (harness == "tokenizer_text") return tokenizer_text;
   if (harness == "server_request") return server_request;
+  if (harness == "sparsity_file") return sparsity_file;
   return nullptr;
 }
 

@@ -22,6 +22,10 @@ void tokenizer_text(const uint8_t* data, size_t size);
 // The bytes as the body of a completion (first byte even) or chat (odd) request.
 void server_request(const uint8_t* data, size_t size);
 
+// The bytes as a sparsity file (MODEL.flm.sparse: thresholds and predictors) for a model of
+// the fuzz seeds' shape (2 layers, d_model 32, d_ff 32): every level's thresholds and predictor.
+void sparsity_file(const uint8_t* data, size_t size);
+
 // The harness names, as used for seed and regression folders.
 using Entry = void (*)(const uint8_t*, size_t);
 Entry entry_by_name(const std::string& harness);

@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-asan}
-exclude=${SANITIZE_EXCLUDE:-'^server_api$|^memory_budget$|^Models/Reference\.'}
+exclude=${SANITIZE_EXCLUDE:-'^server_api$|^memory_budget$|^Models/Reference\.|^Speculative\.RealModel'}
 start=$(date +%s)
 BUILD_DIR="$build_dir" scripts/build.sh -DFLASHLM_SANITIZE=ON -DFLASHLM_BUILD_BENCH=OFF
 built=$(date +%s)

@@ -11,3 +11,10 @@ scripts/fetch_text.sh
 ctest --test-dir build --output-on-failure -j 1 --timeout 900
 # The same tests again under ASan + UBSan (build-asan/; scripts/sanitize.sh says what it skips).
 scripts/sanitize.sh
+# ARM64: cross-built and tested under qemu-aarch64 (scripts/arm64.sh says what it covers).
+# FLASHLM_SKIP_ARM64=1 leaves it out (a machine without the Debian mirror's arm64 packages).
+if [ -z "${FLASHLM_SKIP_ARM64:-}" ]; then
+  scripts/arm64.sh
+else
+  echo "test: ARM64 left out (FLASHLM_SKIP_ARM64)"
+fi

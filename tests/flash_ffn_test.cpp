@@ -102,6 +102,37 @@ TEST(SparseFfn, DisjointNeuronSetsSumToTheWholeLayer) {
   EXPECT_LT(max_abs_diff(whole, split), 1e-5);
 }
 
+// With thresholds (the sparse modes' and `--sparsity` in dense mode), a batch of tokens must
+// give each token exactly what it gets alone: a neuron near its threshold flips when its
+// activation differs by one rounding, and perplexity with -b 8 drifted from -b 1 before.
+TEST(SparseFfn, BatchedTokensWithAThresholdEqualOneTokenAtATime) {
+  const Converted m = make_models("batched-threshold", BundleType::Q8_0, TensorType::Q8_0);
+  auto model = Model::load(m.flm);
+  const FlashModelFile& flm = *model->flash;
+  ThreadPool pool(2);
+  FlashFeedForward flash(flm, model->config, plan_memory(flm, FfnMode::Dense, 1ull << 30),
+                         IoBackend::Auto, pool);
+  constexpr int kTokens = 6, d = 64;
+  const auto x = testing::random_floats(kTokens * d, 11);
+  std::vector<float> unpruned;
+  for (float threshold : {0.0f, 0.05f, 0.2f}) {
+    flash.set_thresholds(std::vector<float>(flm.layers().size(), threshold));
+    std::vector<float> batched(kTokens * d), single(d);
+    flash.forward(1, x.data(), kTokens, batched.data());
+    if (threshold == 0.0f) unpruned = batched;
+    if (threshold > 0.1f) {
+      ASSERT_GT(max_abs_diff(batched, unpruned), 1e-4) << "the threshold pruned nothing";
+    }
+    for (int t = 0; t < kTokens; ++t) {
+      flash.forward(1, x.data() + t * d, 1, single.data());
+      for (int i = 0; i < d; ++i) {
+        ASSERT_EQ(batched[t * d + i], single[i])
+            << "threshold " << threshold << ", token " << t << ", element " << i;
+      }
+    }
+  }
+}
+
 // A budget that covers what hybrid mode needs besides FFN neurons (resident part, stream
 // buffers, KV cache, working buffers, the process itself) plus `ffn_share` of the FFN.
 std::string budget_with_ffn_share(const std::string& flm_path, double ffn_share) {

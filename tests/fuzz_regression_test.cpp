@@ -57,13 +57,14 @@ TEST(FuzzRegression, GarbageIsRefusedWithAnError) {
   const uint8_t garbage[] = "not a model file at all, just text";
   EXPECT_THROW(fuzz::gguf_file(garbage, sizeof garbage), Error);
   EXPECT_THROW(fuzz::flm_file(garbage, sizeof garbage), Error);
+  EXPECT_THROW(fuzz::sparsity_file(garbage, sizeof garbage), Error);
   const uint8_t request[] = "\x00{\"prompt\": 5}";
   EXPECT_THROW(fuzz::server_request(request, sizeof request - 1), ApiError);
 }
 
 INSTANTIATE_TEST_SUITE_P(Harnesses, FuzzRegression,
                          ::testing::Values("gguf_file", "flm_file", "tokenizer_text",
-                                           "server_request"));
+                                           "server_request", "sparsity_file"));
 
 }  // namespace
 }  // namespace flashlm

@@ -4,6 +4,8 @@
 // and skip where models/ lacks them (scripts/fetch_models.py --all).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -23,16 +25,23 @@ std::string model_path(const std::string& name) {
 }
 
 #if defined(__SANITIZE_ADDRESS__)
-constexpr double kSlowdown = 10;  // ASan and UBSan builds (scripts/sanitize.sh)
+constexpr double kSanitizerSlowdown = 10;  // ASan and UBSan builds (scripts/sanitize.sh)
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-constexpr double kSlowdown = 10;
+constexpr double kSanitizerSlowdown = 10;
 #else
-constexpr double kSlowdown = 1;
+constexpr double kSanitizerSlowdown = 1;
 #endif
 #else
-constexpr double kSlowdown = 1;
+constexpr double kSanitizerSlowdown = 1;
 #endif
+// FLASHLM_TEST_SLOWDOWN: how much slower than native the code runs here (scripts/arm64.sh sets
+// 10 for qemu's user-mode emulation).
+const double kSlowdown = [] {
+  const char* env = std::getenv("FLASHLM_TEST_SLOWDOWN");
+  const double factor = env ? std::atof(env) : 1.0;
+  return kSanitizerSlowdown * (factor >= 1 ? factor : 1.0);
+}();
 
 // Byte-level BPE as the GPT-2 paper states it, with strings: merge the adjacent pair with the
 // lowest rank (leftmost on ties) until none has one. Quadratic; for short words only. Only

@@ -17,6 +17,10 @@
 #include "common/text_file.h"
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "engine/generate.h"
+#include "flash/flash_layout.h"
+#include "gguf/gguf.h"
+#include "quant/kernels.h"
 #include "sampling/sampler.h"
 
 namespace flashlm {
@@ -24,7 +28,7 @@ namespace {
 
 struct BenchOptions {
   CommonOptions common;
-  std::string modes = "dense,naive,hybrid,mmap";
+  std::string modes;  // empty: every mode the model can run (a GGUF: dense only)
   std::string text_file;
   int prompt_tokens = 128;
   int generate_tokens = 256;
@@ -55,6 +59,10 @@ struct ModeResult {
   // was met, and whether the kernel killed the run for it.
   uint64_t cgroup_limit = 0, cgroup_peak = 0, cgroup_limit_hits = 0, cgroup_refaults = 0;
   bool killed = false;
+  // Speculative decoding (--draft): generated tokens per target forward pass, the share of
+  // drafted tokens accepted, and per generated token the time drafting and verifying.
+  std::string draft = "none";
+  double tokens_per_pass = 1, draft_acceptance = 0, ms_draft = 0, ms_verify = 0;
   std::string model_name;
   std::vector<int32_t> tokens;
 };
@@ -87,6 +95,11 @@ void to_json(nlohmann::json& j, const ModeResult& r) {
        {"cgroup_limit_hits", r.cgroup_limit_hits},
        {"cgroup_refaults", r.cgroup_refaults},
        {"killed", r.killed},
+       {"draft", r.draft},
+       {"tokens_per_pass", r.tokens_per_pass},
+       {"draft_acceptance", r.draft_acceptance},
+       {"ms_draft", r.ms_draft},
+       {"ms_verify", r.ms_verify},
        {"model", r.model_name},
        {"tokens", r.tokens}};
 }
@@ -113,6 +126,11 @@ void from_json(const nlohmann::json& j, ModeResult& r) {
   r.peak_rss_bytes = j.at("peak_rss_bytes");
   r.plan_total_bytes = j.at("plan_total_bytes");
   r.budget_bytes = j.at("budget_bytes");
+  r.draft = j.at("draft");
+  r.tokens_per_pass = j.at("tokens_per_pass");
+  r.draft_acceptance = j.at("draft_acceptance");
+  r.ms_draft = j.at("ms_draft");
+  r.ms_verify = j.at("ms_verify");
   r.model_name = j.at("model");
   r.tokens = j.at("tokens").get<std::vector<int32_t>>();
 }
@@ -191,7 +209,35 @@ ModeResult bench_mode(const BenchOptions& o, const std::string& mode,
   r.prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   engine.reset_stats();
   double total_ms = 0, first8_ms = 0;
-  for (int i = 0; i < o.generate_tokens; ++i) {
+  // Dense, the reference, decodes plainly: "same tokens as dense" then checks that speculative
+  // decoding in the other modes gives what plain decoding gives.
+  const std::unique_ptr<Drafter> drafter =
+      mode == "dense" ? nullptr : make_drafter(o.common.draft);
+  if (drafter) {
+    // Speculative decoding through the generation loop the commands use; its first token
+    // comes from the prompt's logits, which are processed again here (one untimed step).
+    r.draft = drafter->name();
+    tr.truncate(static_cast<int>(prompt.size()) - 1);
+    start = Clock::now();
+    const GenerationStats g = generate(
+        tr, greedy, model->tokenizer, std::span(prompt).last(1), o.generate_tokens,
+        [&](int32_t token) {
+          r.tokens.push_back(token);
+          if (r.tokens.size() == std::min<size_t>(8, o.generate_tokens)) {
+            first8_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+            r.rss_after_first8 = resident_set_bytes();
+          }
+          return true;
+        },
+        {}, {.drafter = drafter.get(), .max_tokens = o.common.draft_max,
+             .stop_at_end_of_generation = false});
+    total_ms = g.decode_seconds * 1e3 + g.prompt_seconds * 1e3;
+    r.tokens_per_pass = static_cast<double>(g.generated_tokens) / (g.decode_passes + 1);
+    r.draft_acceptance = g.draft_acceptance();
+    r.ms_draft = g.draft_seconds * 1e3 / o.generate_tokens;
+    r.ms_verify = (g.verify_seconds + g.prompt_seconds) * 1e3 / o.generate_tokens;
+  }
+  for (int i = 0; !drafter && i < o.generate_tokens; ++i) {
     const int32_t token = greedy.sample(logits);
     r.tokens.push_back(token);
     start = Clock::now();
@@ -264,8 +310,18 @@ void bench(const BenchOptions& o) {
   files.push_back(o.common.engine.sparse_file.empty() ? o.common.model_path + ".sparse"
                                                       : o.common.engine.sparse_file);
 
+  std::string modes = o.modes;
+  if (modes.empty()) {
+    // The flash modes need a .flm; a GGUF runs dense only (convert it for the others).
+    const bool flm = FlashModelFile::is_flm(*GgufFile::open(o.common.model_path));
+    modes = flm ? "dense,naive,hybrid,mmap,sparse" : "dense";
+    if (!flm) {
+      std::fprintf(stderr, "bench: %s is a GGUF model: dense mode only (flashlm convert makes a "
+                   ".flm for the flash modes)\n", o.common.model_path.c_str());
+    }
+  }
   std::vector<ModeResult> results;
-  for (const std::string& mode : split(o.modes)) {
+  for (const std::string& mode : split(modes)) {
     std::fprintf(stderr, "bench: %s mode ...\n", mode.c_str());
     if (!limited) {
       results.push_back(bench_mode(o, mode, [](const MemoryPlan&) {}));
@@ -318,10 +374,11 @@ void bench(const BenchOptions& o) {
   for (const ModeResult& r : results) {
     if (!r.model_name.empty()) name = r.model_name;
   }
-  std::printf("\n%s, prompt %d tokens, %d generated (greedy), %d threads%s\n", name.c_str(),
-              o.prompt_tokens, o.generate_tokens,
+  std::printf("\n%s, prompt %d tokens, %d generated (greedy), %d threads, %s kernels%s\n",
+              name.c_str(), o.prompt_tokens, o.generate_tokens,
               o.common.engine_options().threads > 0 ? o.common.engine_options().threads
                                                    : ThreadPool::default_threads(),
+              kernel_target().c_str(),
               limited ? ", each mode in a cgroup memory limit at the budget (dense: no limit), "
                         "page cache dropped before"
                       : "");
@@ -354,6 +411,13 @@ void bench(const BenchOptions& o) {
         mib(r.plan_total_bytes), mib(peak), limit.c_str(),
         limited ? std::to_string(r.cgroup_limit_hits).c_str() : "-",
         limited ? std::to_string(r.cgroup_refaults).c_str() : "-");
+  }
+  for (const ModeResult& r : results) {
+    if (r.draft == "none" || r.tokens.empty()) continue;
+    std::printf("%s: draft %s, %.2f tokens per pass, acceptance %.1f%%, draft %.2f ms and "
+                "verify %.2f ms per token\n",
+                r.mode.c_str(), r.draft.c_str(), r.tokens_per_pass, 100 * r.draft_acceptance,
+                r.ms_draft, r.ms_verify);
   }
   for (const ModeResult& r : results) {
     if (r.read_requests_per_token <= 0) continue;
@@ -392,8 +456,10 @@ void register_bench_command(CLI::App& app) {
   o->common.add_threads(*cmd);
   o->common.add_context(*cmd, 1024);
   o->common.add_flash(*cmd);
-  cmd->add_option("--modes", o->modes, "Comma-separated modes to run, in order")
-      ->capture_default_str();
+  o->common.add_draft(*cmd);
+  cmd->add_option("--modes", o->modes,
+                  "Comma-separated modes to run, in order (default: dense,naive,hybrid,mmap,sparse "
+                  "for a .flm model, dense for a GGUF)");
   cmd->add_option("-f,--file", o->text_file, "Text whose first tokens form the prompt")
       ->check(CLI::ExistingFile);
   cmd->add_option("-p,--n-prompt", o->prompt_tokens, "Prompt tokens")

@@ -105,7 +105,8 @@ void chat(ChatOptions& o) {
   Engine engine(*model, o.common.engine_options());
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   const Tokenizer& tokenizer = model->tokenizer;
-  Session session(engine, tokenizer);
+  const std::unique_ptr<Drafter> drafter = make_drafter(o.common.draft);
+  Session session(engine, tokenizer, {.drafter = drafter.get(), .max_tokens = o.common.draft_max});
   install_interrupt_handler();
 
   const int context = engine.transformer().context_size();
@@ -185,6 +186,7 @@ void register_chat_command(CLI::App& app) {
   opts->common.add_threads(*cmd);
   opts->common.add_context(*cmd, 4096);
   opts->common.add_flash(*cmd);
+  opts->common.add_draft(*cmd);
   cmd->add_option("--system", opts->system, "System message that opens the conversation");
   cmd->add_option("-n,--n-predict", opts->n_predict,
                   "Most tokens per answer (default: as many as the context holds)")

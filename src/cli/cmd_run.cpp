@@ -51,13 +51,15 @@ void run(RunOptions& o) {
   std::fflush(stdout);
 
   StreamDecoder decoder(model->tokenizer);
-  const GenerationStats stats =
-      generate(engine.transformer(), sampler, model->tokenizer, prompt, o.n_predict,
-               [&](int32_t token) {
+  const std::unique_ptr<Drafter> drafter = make_drafter(o.common.draft);
+  const GenerationStats stats = generate(
+      engine.transformer(), sampler, model->tokenizer, prompt, o.n_predict,
+      [&](int32_t token) {
         std::fputs(decoder.push(token).c_str(), stdout);
         std::fflush(stdout);
         return true;
-      });
+      },
+      {}, {.drafter = drafter.get(), .max_tokens = o.common.draft_max});
   std::fputs(decoder.flush().c_str(), stdout);
   std::fputs("\n", stdout);
   std::fprintf(stderr,
@@ -66,6 +68,14 @@ void run(RunOptions& o) {
                stats.prompt_tokens, stats.prompt_seconds, stats.prompt_tokens_per_second(),
                stats.generated_tokens, stats.decode_seconds, stats.decode_tokens_per_second(),
                engine.pool().size());
+  if (drafter) {
+    std::fprintf(stderr,
+                 "draft %s: %.2f tokens per pass (%d passes), acceptance %.1f%% (%d of %d "
+                 "drafted), draft %.1f ms, verify %.1f ms\n",
+                 drafter->name().c_str(), stats.tokens_per_pass(), stats.decode_passes,
+                 100.0 * stats.draft_acceptance(), stats.accepted_tokens, stats.drafted_tokens,
+                 1e3 * stats.draft_seconds, 1e3 * stats.verify_seconds);
+  }
 }
 
 }  // namespace
@@ -77,6 +87,7 @@ void register_run_command(CLI::App& app) {
   opts->common.add_threads(*cmd);
   opts->common.add_context(*cmd, 2048);
   opts->common.add_flash(*cmd);
+  opts->common.add_draft(*cmd);
   cmd->add_option("-p,--prompt", opts->prompt, "Prompt text");
   cmd->add_option("-f,--file", opts->prompt_file, "Read the prompt from this file")
       ->check(CLI::ExistingFile);

@@ -58,6 +58,8 @@ size_t parse_body_limit(const std::string& text) {
 void serve(ServeOptions& o) {
   o.server.max_body = parse_body_limit(o.max_body);
   o.server.model_id = std::filesystem::path(o.common.model_path).filename().string();
+  o.server.draft = o.common.draft;
+  o.server.draft_max = o.common.draft_max;
   install_stop_handlers();
   auto model = Model::load(o.common.model_path);
   Engine engine(*model, o.common.engine_options());
@@ -106,6 +108,7 @@ void register_serve_command(CLI::App& app) {
   opts->common.add_threads(*cmd);
   opts->common.add_context(*cmd, 2048);
   opts->common.add_flash(*cmd);
+  opts->common.add_draft(*cmd);
   cmd->add_option("--host", opts->server.host,
                   "Address to listen on; 0.0.0.0 exposes the server to the network")
       ->capture_default_str();

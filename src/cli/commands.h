@@ -21,6 +21,10 @@ struct CommonOptions {
   void add_context(CLI::App& cmd, int default_size);
   // --mode, --mem-budget, --io: how the FFN is served (.flm models stream from flash).
   void add_flash(CLI::App& cmd);
+  // --draft, --draft-max: speculative decoding (run, chat, serve, bench).
+  std::string draft = "none";
+  int draft_max = 8;
+  void add_draft(CLI::App& cmd);
   EngineOptions engine_options() const;
 };
 

@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/process_memory.h"
 #include "common/thread_pool.h"
+#include "quant/kernels.h"
 
 namespace flashlm {
 
@@ -109,8 +110,26 @@ void add_sampling_options(CLI::App& cmd, SamplingParams& sampling, bool& seed_gi
       "Random seed (default: from the clock)");
 }
 
+void CommonOptions::add_draft(CLI::App& cmd) {
+  cmd.add_option("--draft", draft,
+                 "Speculative decoding: ngram (prompt lookup: continue an n-gram already in the "
+                 "context; no model) or none. Each step verifies the draft plus one token in "
+                 "one batched pass (on flash: one read of each layer for all of them); the "
+                 "output is the same as without it")
+      ->check(CLI::IsMember({"none", "ngram"}))
+      ->capture_default_str();
+  cmd.add_option("--draft-max", draft_max, "Tokens drafted per step at most")
+      ->check(CLI::Range(1, 63))
+      ->capture_default_str();
+}
+
 EngineOptions CommonOptions::engine_options() const {
   EngineOptions o = engine;
+  // Verifying a draft reads the logits of every token of the step.
+  if (draft != "none") {
+    o.all_logits = true;
+    o.logit_rows = draft_max + 1;
+  }
   o.io_backend = io == "uring" ? IoBackend::IoUring : io == "pread" ? IoBackend::Pread : IoBackend::Auto;
   return o;
 }
@@ -132,7 +151,10 @@ int main(int argc, char** argv) {
   flashlm::return_freed_memory_promptly();
   CLI::App app{"flashlm: LLM inference with the weights on flash and a small DRAM budget"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "flashlm 0.1.0");
+  // The version and the kernels Highway's dispatch picks on this CPU (e.g. AVX3_DL, NEON).
+  app.set_version_flag("--version", [] {
+    return std::string("flashlm 0.1.0, ") + flashlm::kernel_target() + " kernels";
+  });
   // register commands here
   flashlm::register_serve_command(app);
   flashlm::register_chat_command(app);

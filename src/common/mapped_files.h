@@ -18,4 +18,9 @@ constexpr int kMappedFileTruncatedExit = 74;  // EX_IOERR
 void register_mapped_file(const void* address, size_t bytes, const std::string& path);
 void unregister_mapped_file(const void* address);
 
+// Reads every page of [address, address + bytes) of a mapping in now, so that the process
+// holds at start what it will hold later (a flat RSS, a plan that matches the peak) rather
+// than faulting the pages in one by one as they are first used.
+void fault_in(const void* address, size_t bytes);
+
 }  // namespace flashlm

@@ -29,6 +29,7 @@ struct EngineOptions {
   std::string cache_type_k = "f16", cache_type_v = "f16";
   // Keep every token's logits of a step (perplexity); otherwise only the last token's.
   bool all_logits = false;
+  int logit_rows = 0;  // with all_logits: tokens per step that keep them (0: max_batch)
   // auto, dense, naive, hybrid, mmap, sparse, sparse-oracle (all but dense need a .flm); auto:
   // dense when the budget holds the whole model, else sparse with streamed reads
   std::string mode = "auto";

@@ -26,6 +26,12 @@ const char* io_backend_name(IoBackend backend);
 // "auto", "uring" (or "io_uring") or "pread", as the --io flag takes them.
 IoBackend parse_io_backend(const std::string& name);
 
+// Opens `path` (open(2) flags and mode) for I/O that bypasses the page cache; -1 with errno
+// set on failure. On Linux that is O_DIRECT. This is the one place a port supplies its own
+// (macOS: open, then fcntl(fd, F_NOCACHE, 1)); the pread backend (IoBackend::Pread) is the
+// read path for systems without io_uring.
+int open_uncached(const std::string& path, int flags, unsigned mode = 0);
+
 // Page alignment satisfies the O_DIRECT rules of every device with blocks of up to 4 KiB.
 constexpr uint64_t kPageBytes = 4096;
 

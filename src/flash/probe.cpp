@@ -237,7 +237,7 @@ bool prepare_probe_file(const std::string& path, uint64_t bytes) {
   // Written under another name and renamed when complete, so an interrupted run never leaves
   // a short file to be reused.
   const std::string partial = path + ".partial";
-  const int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0644);
+  const int fd = open_uncached(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail("cannot create '{}': {}", partial, std::strerror(errno));
   try {
     write_random_file(fd, partial, bytes);

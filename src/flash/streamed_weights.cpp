@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "common/mapped_files.h"
 #include "common/stopwatch.h"
 #include "flash/read_plan.h"
 #include "ops/ops.h"
@@ -215,6 +216,10 @@ FlashWeightSources::FlashWeightSources(const GgufFile& file, const ModelWeights&
   if (plan.embedding_flash_bytes > 0) {
     embedding = std::make_unique<FlashEmbedding>(file.path(), file.tensor("token_embd.weight"),
                                                  backend);
+  } else if (weights.token_embedding.data != weights.output.data) {
+    // A table in DRAM that is not also the output head would otherwise come in a row at a time
+    // as tokens first appear: the plan counts all of it, so it is all read in now.
+    fault_in(weights.token_embedding.data, weights.token_embedding.bytes());
   }
   if (plan.streams_weights()) {
     streamed = std::make_unique<StreamedWeights>(

@@ -47,7 +47,7 @@ uint64_t Transformer::kv_cache_bytes(const ModelConfig& c, int context_size, Ten
 uint64_t Transformer::scratch_bytes(const ModelConfig& c, const TransformerOptions& options,
                                     int threads) {
   const uint64_t batch = std::max(options.max_batch, 0);
-  const uint64_t logit_rows = options.all_logits ? batch : 1;
+  const uint64_t logit_rows = static_cast<uint64_t>(std::max(options.kept_logit_rows(), 1));
   const uint64_t workers = std::max(threads, 1);
   const uint64_t floats = batch * (3 * c.d_model + 2 * c.q_dim() + 2 * c.kv_dim()) +
                           logit_rows * c.vocab_size +
@@ -85,7 +85,7 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   attn_.resize(b * config.q_dim());
   k_.resize(b * config.kv_dim());
   v_.resize(b * config.kv_dim());
-  logits_.resize((options_.all_logits ? b : 1) * config.vocab_size);
+  logits_.resize(static_cast<size_t>(std::max(options_.kept_logit_rows(), 1)) * config.vocab_size);
   scores_.resize(static_cast<size_t>(pool.size()) * options_.context_size);
   // Prepared once here, so that preparing a query per head in attention() only overwrites.
   queries_.resize(pool.size());
@@ -109,9 +109,9 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
     fail("internal error: forward() was asked for the logits of every token, but this "
          "Transformer was built without all_logits (TransformerOptions::all_logits)");
   }
-  if (all_logits && static_cast<int64_t>(tokens.size()) > options_.max_batch) {
-    fail("all logits were asked for {} tokens, more than the batch size {}", tokens.size(),
-         options_.max_batch);
+  if (all_logits && static_cast<int64_t>(tokens.size()) > options_.kept_logit_rows()) {
+    fail("all logits were asked for {} tokens, more than the {} rows kept (batch size {})",
+         tokens.size(), options_.kept_logit_rows(), options_.max_batch);
   }
   for (int32_t t : tokens) {
     if (t < 0 || t >= config_.vocab_size) {

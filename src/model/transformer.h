@@ -6,6 +6,7 @@
 // dense from DRAM or sparse from flash.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -36,6 +37,12 @@ struct TransformerOptions {
   // Keep the logits of every token of a step (max_batch rows), for forward(tokens, true);
   // otherwise one row.
   bool all_logits = false;
+  // With all_logits: how many tokens of a step keep theirs (0: max_batch). Speculative
+  // decoding verifies at most --draft-max + 1 tokens a step, prompts still go max_batch at once.
+  int logit_rows = 0;
+  int kept_logit_rows() const {
+    return !all_logits ? 1 : logit_rows > 0 ? std::min(logit_rows, max_batch) : max_batch;
+  }
 };
 
 // "f32", "f16" or "q8_0" (llama.cpp's --cache-type-k/-v names) as the cache's TensorType.
@@ -55,6 +62,8 @@ class Transformer {
   int n_past() const { return n_past_; }
   int context_size() const { return options_.context_size; }
   int max_batch() const { return options_.max_batch; }
+  bool keeps_all_logits() const { return options_.all_logits; }
+  int kept_logit_rows() const { return options_.kept_logit_rows(); }
   // Forgets everything from position n on (n = 0 starts over).
   void truncate(int n);
   const ModelConfig& config() const { return config_; }

@@ -1,7 +1,8 @@
+// Highway's dynamic dispatch: this file is compiled once for every target (foreach_target.h
+// includes it again per target: scalar emulation, SSSE3, SSE4, AVX2, AVX-512, AVX-512 with
+// VNNI on x86; NEON and SVE on ARM), each copy in its own namespace flashlm::N_<TARGET>, and
+// the functions of kernels.h pick the best one the CPU supports at their first call.
 #include "quant/kernels.h"
-
-#include <hwy/aligned_allocator.h>
-#include <hwy/highway.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,9 +13,44 @@
 #include "quant/fp16.h"
 #include "quant/reference.h"
 
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "quant/kernels.cpp"
+#include <hwy/foreach_target.h>  // must come before highway.h
+#include <hwy/aligned_allocator.h>
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+#if HWY_TARGET == HWY_AVX3_DL && HWY_COMPILER_GCC
+// Highway 1.0's AVX3_DL compiles for AVX-VNNI, not AVX-512 VNNI, although it runs only where
+// the CPU has AVX-512 VNNI (its runtime check): allowed here for vpdpwssd (madd_accumulate).
+#pragma GCC target("avx512vnni")
+#endif
 namespace flashlm {
+namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+
+// This target's versions of kernels.h's functions (dispatched to at the end of the file).
+float dot_kernel(TensorType type, const void* row, const PreparedInput& x);
+float dot_f32_kernel(const float* a, const float* b, int64_t n);
+void axpy_f32_kernel(float a, const float* x, float* y, int64_t n);
+
 namespace {
+
+// A block's fp16 scale as float: one instruction where the target has one (F16C, part of x86's
+// AVX2 and later; ARM64), the bit-level conversion elsewhere. Decided per target, not by the
+// flags of the whole build as fp16.h's fp16_to_float_fast is (a portable build has no F16C
+// outside this file): the K-quant and Q4_1 kernels convert one or two scales per 32 weights.
+HWY_INLINE float half_to_float(uint16_t h) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  return _cvtsh_ss(h);
+#elif HWY_ARCH_ARM_A64
+  __fp16 v;
+  std::memcpy(&v, &h, sizeof(v));
+  return static_cast<float>(v);
+#else
+  return fp16_to_float(h);
+#endif
+}
 
 // Integer lanes: 32 x int16 where the target has 512-bit vectors, 16 on 256-bit ones, 8 on
 // 128-bit ones; every loop below steps by Lanes().
@@ -29,11 +65,14 @@ using VF32 = hn::Vec<DF32>;
 
 // sum + pairwise a*b, int16 -> int32. One VNNI instruction where the target has it.
 HWY_INLINE V32 madd_accumulate(V16 a, V16 b, V32 sum) {
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && defined(__AVX512VNNI__)
+#if HWY_TARGET == HWY_AVX3_DL  // AVX-512 VNNI (Ice Lake and later; HWY_WANT_AVX3_DL)
   if constexpr (hn::MaxLanes(D16()) == 32) return V32{_mm512_dpwssd_epi32(sum.raw, a.raw, b.raw)};
 #endif
-  V32 unused = hn::Zero(D32());
-  return hn::ReorderWidenMulAccumulate(D32(), a, b, sum, unused);
+  // Some targets (EMU128, and NEON and SVE) put part of the products into the second
+  // accumulator; every caller sums all lanes in the end, so adding it back keeps the total.
+  V32 rest = hn::Zero(D32());
+  const V32 first = hn::ReorderWidenMulAccumulate(D32(), a, b, sum, rest);
+  return hn::Add(first, rest);
 }
 
 float reduce(VF32 acc) { return hn::GetLane(hn::SumOfLanes(DF32(), acc)); }
@@ -55,12 +94,14 @@ constexpr bool is_asymmetric(TensorType t) {
 using DU8x16 = hn::FixedTag<uint8_t, 16>;
 using VU8x16 = hn::Vec<DU8x16>;
 
-// w[0..16) = lo - offset, w[16..32) = hi - offset, 16 bytes each widened to int16.
+// w[0..16) = lo - offset, w[16..32) = hi - offset, 16 bytes each widened to int16. A template
+// on the target's width so that the wide branch's 256-bit tags exist only where they can.
+template <size_t kLanes = hn::MaxLanes(D16())>
 HWY_INLINE void store_block(VU8x16 lo, VU8x16 hi, int16_t offset, int16_t* w) {
-  constexpr size_t kLanes = hn::MaxLanes(D16());
   if constexpr (kLanes >= 16) {
-    const hn::FixedTag<uint16_t, 16> du16;
-    const hn::FixedTag<int16_t, 16> di16;
+    constexpr size_t kHalf = kLanes >= 16 ? 16 : 1;
+    const hn::FixedTag<uint16_t, kHalf> du16;
+    const hn::FixedTag<int16_t, kHalf> di16;
     const auto a = hn::Sub(hn::BitCast(di16, hn::PromoteTo(du16, lo)), hn::Set(di16, offset));
     const auto b = hn::Sub(hn::BitCast(di16, hn::PromoteTo(du16, hi)), hn::Set(di16, offset));
     if constexpr (kLanes == 32) {
@@ -124,7 +165,7 @@ HWY_INLINE float unpack_k_asymmetric(const Block& b, int16_t* w, float* block_mi
   const DU8 du8;
   const hn::Rebind<uint16_t, DU8> du16;
   const int lanes = static_cast<int>(hn::Lanes(du8));
-  const float dmin = fp16_to_float_fast(b.dmin);
+  const float dmin = half_to_float(b.dmin);
   for (int pair = 0; pair < 4; ++pair) {
     uint8_t scale_lo, min_lo, scale_hi, min_hi;
     k_scale_min(2 * pair, b.scales, scale_lo, min_lo);
@@ -148,7 +189,7 @@ HWY_INLINE float unpack_k_asymmetric(const Block& b, int16_t* w, float* block_mi
                 w + 64 * pair + 32 + i);
     }
   }
-  return fp16_to_float_fast(b.d);
+  return half_to_float(b.d);
 }
 
 HWY_INLINE float unpack_q6_k(const BlockQ6_K& b, int16_t* w) {
@@ -187,7 +228,7 @@ HWY_INLINE float unpack_q6_k(const BlockQ6_K& b, int16_t* w) {
       }
     }
   }
-  return fp16_to_float_fast(b.d);
+  return half_to_float(b.d);
 }
 
 // Group `index` of a row of type T: values into w, minimums into block_min (asymmetric types
@@ -201,25 +242,25 @@ HWY_INLINE float unpack_group(const uint8_t* row, int64_t index, int16_t* w, flo
     for (int i = 0; i < kQK; i += static_cast<int>(hn::Lanes(d16))) {
       hn::Store(hn::PromoteTo(d16, hn::LoadU(d8, b.qs + i)), d16, w + i);
     }
-    return fp16_to_float_fast(b.d);
+    return half_to_float(b.d);
   } else if constexpr (T == TensorType::Q4_0) {
     const auto& b = reinterpret_cast<const BlockQ4_0*>(row)[index];
     unpack_nibbles<false>(b.qs, nullptr, 8, w);
-    return fp16_to_float_fast(b.d);
+    return half_to_float(b.d);
   } else if constexpr (T == TensorType::Q4_1) {
     const auto& b = reinterpret_cast<const BlockQ4_1*>(row)[index];
     unpack_nibbles<false>(b.qs, nullptr, 0, w);
-    block_min[0] = fp16_to_float_fast(b.m);
-    return fp16_to_float_fast(b.d);
+    block_min[0] = half_to_float(b.m);
+    return half_to_float(b.d);
   } else if constexpr (T == TensorType::Q5_0) {
     const auto& b = reinterpret_cast<const BlockQ5_0*>(row)[index];
     unpack_nibbles<true>(b.qs, b.qh, 16, w);
-    return fp16_to_float_fast(b.d);
+    return half_to_float(b.d);
   } else if constexpr (T == TensorType::Q5_1) {
     const auto& b = reinterpret_cast<const BlockQ5_1*>(row)[index];
     unpack_nibbles<true>(b.qs, b.qh, 0, w);
-    block_min[0] = fp16_to_float_fast(b.m);
-    return fp16_to_float_fast(b.d);
+    block_min[0] = half_to_float(b.m);
+    return half_to_float(b.d);
   } else if constexpr (T == TensorType::Q4_K) {
     return unpack_k_asymmetric<false>(reinterpret_cast<const BlockQ4_K*>(row)[index], w, block_min);
   } else if constexpr (T == TensorType::Q5_K) {
@@ -250,38 +291,36 @@ HWY_INLINE VF32 scale_accumulate(V32 sum, float d_times_dx, VF32 acc) {
   return hn::MulAdd(hn::ConvertTo(DF32(), sum), hn::Set(DF32(), d_times_dx), acc);
 }
 
-// The minimums' part of a group's dot: sum_b block_min[b] * dx * sum(x over block b).
-template <TensorType T>
-HWY_INLINE float group_min_dot(const float* block_min, const PreparedInput& x, int64_t g) {
-  float sum = 0;
-  for (int64_t b = 0; b < kGroup<T> / kQK; ++b) sum += block_min[b] * x.scaled_block_sum()[g * (kGroup<T> / kQK) + b];
-  return sum;
-}
-
+// One row's dot with one prepared input, group after group. tile_dot (prefill) keeps the same
+// order of every float operation, so a token's result does not depend on whether it came alone
+// or in a batch: the activations are quantized again at every layer, where a one-ulp
+// difference can move a value to the next int8 step, and a batched pass would drift from
+// token-by-token decoding (0.35% of perplexity on SmolLM2 before the two agreed).
 template <TensorType T>
 float dot_quantized(const uint8_t* row, const PreparedInput& x) {
   constexpr int64_t kCount = kGroup<T>;
   const int64_t groups = x.size() / kCount;
-  alignas(64) int16_t w0[kCount], w1[kCount];
-  float min0[kCount / kQK], min1[kCount / kQK];
-  // Two accumulators so consecutive groups do not wait on each other's multiply-add.
-  VF32 acc0 = hn::Zero(DF32()), acc1 = hn::Zero(DF32());
+  const hn::CappedTag<float, 8> df8;
+  alignas(64) int16_t w[kCount];
+  float block_min[kCount / kQK];
+  VF32 acc = hn::Zero(DF32());
+  hn::Vec<decltype(df8)> macc = hn::Zero(df8);
   float mins = 0;
-  int64_t g = 0;
-  for (; g + 2 <= groups; g += 2) {
-    const float d0 = unpack_group<T>(row, g, w0, min0);
-    const float d1 = unpack_group<T>(row, g + 1, w1, min1);
-    acc0 = scale_accumulate(group_int_dot(w0, x.q() + g * kCount, kCount), d0 * x.scale()[g], acc0);
-    acc1 = scale_accumulate(group_int_dot(w1, x.q() + (g + 1) * kCount, kCount),
-                            d1 * x.scale()[g + 1], acc1);
-    if constexpr (is_asymmetric(T)) mins += group_min_dot<T>(min0, x, g) + group_min_dot<T>(min1, x, g + 1);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float d = unpack_group<T>(row, g, w, block_min);
+    acc = scale_accumulate(group_int_dot(w, x.q() + g * kCount, kCount), d * x.scale()[g], acc);
+    if constexpr (is_asymmetric(T) && kCount == kQKK) {
+      for (int64_t b = 0; b < 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
+        macc = hn::MulAdd(hn::LoadU(df8, block_min + b),
+                          hn::LoadU(df8, x.scaled_block_sum() + g * 8 + b), macc);
+      }
+    } else if constexpr (is_asymmetric(T)) {
+      mins += block_min[0] * x.scaled_block_sum()[g];
+    }
   }
-  if (g < groups) {
-    const float d0 = unpack_group<T>(row, g, w0, min0);
-    acc0 = scale_accumulate(group_int_dot(w0, x.q() + g * kCount, kCount), d0 * x.scale()[g], acc0);
-    if constexpr (is_asymmetric(T)) mins += group_min_dot<T>(min0, x, g);
-  }
-  return reduce(hn::Add(acc0, acc1)) + mins;
+  float v = reduce(acc) + mins;
+  if constexpr (is_asymmetric(T) && kCount == kQKK) v += hn::GetLane(hn::SumOfLanes(df8, macc));
+  return v;
 }
 
 // Prefill: rows are unpacked once per call and multiplied with kTile tokens at a time, so each
@@ -437,7 +476,7 @@ float dot_f16(const uint16_t* row, const float* x, int64_t n) {
     sum0 = hn::MulAdd(hn::PromoteTo(d, hn::LoadU(dh, h + i)), hn::LoadU(d, x + i), sum0);
   }
   float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
-  for (; i < n; ++i) sum += fp16_to_float_fast(row[i]) * x[i];
+  for (; i < n; ++i) sum += half_to_float(row[i]) * x[i];
   return sum;
 }
 
@@ -452,11 +491,11 @@ void axpy_f16(float a, const uint16_t* row, float* y, int64_t n) {
     hn::StoreU(hn::MulAdd(va, hn::PromoteTo(d, hn::LoadU(dh, h + i)), hn::LoadU(d, y + i)), d,
                y + i);
   }
-  for (; i < n; ++i) y[i] += a * fp16_to_float_fast(row[i]);
+  for (; i < n; ++i) y[i] += a * half_to_float(row[i]);
 }
 
 float dot_float_row(TensorType type, const void* row, const PreparedInput& x) {
-  if (type == TensorType::F32) return dot_f32(static_cast<const float*>(row), x.values(), x.size());
+  if (type == TensorType::F32) return dot_f32_kernel(static_cast<const float*>(row), x.values(), x.size());
   if (type == TensorType::F16) {
     return dot_f16(static_cast<const uint16_t*>(row), x.values(), x.size());
   }
@@ -468,12 +507,10 @@ float dot_float_row(TensorType type, const void* row, const PreparedInput& x) {
   for (int64_t i = 0; i < x.size(); i += kSlice) {
     const int64_t n = std::min(kSlice, x.size() - i);
     for (int64_t j = 0; j < n; ++j) buffer[j] = bf16_to_float(h[i + j]);
-    sum += dot_f32(buffer, x.values() + i, n);
+    sum += dot_f32_kernel(buffer, x.values() + i, n);
   }
   return sum;
 }
-
-int64_t group_size(TensorType type) { return type_traits(type).block_size; }
 
 bool is_float_type(TensorType t) {
   return t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16;
@@ -481,27 +518,9 @@ bool is_float_type(TensorType t) {
 
 }  // namespace
 
-size_t PreparedInput::bytes(TensorType weight_type, int64_t n) {
-  if (is_float_type(weight_type)) return static_cast<size_t>(n) * sizeof(float);
-  const int64_t groups = n / group_size(weight_type), blocks = n / kQK;
-  return static_cast<size_t>(n) * sizeof(int16_t) +
-         static_cast<size_t>(groups + blocks) * sizeof(float);
-}
-
-void PreparedInput::prepare(TensorType weight_type, const float* x, int64_t n) {
-  type_ = weight_type;
-  n_ = n;
-  if (is_float_type(weight_type)) {
-    values_.assign(x, x + n);
-    return;
-  }
-  // One scale per group of the weight type: 32 values for the simple types, 256 for the
-  // K-quants (like llama.cpp's Q8_K), so a K-quant super-block sums in integers.
-  const int64_t group = group_size(weight_type);
-  if (n % group != 0) fail("cannot prepare an input of {} values: not a multiple of {}", n, group);
-  group_ = group;
-  q_.resize(n);
-  scale_.resize(n / group);
+// The activations as int8 values in int16 lanes, one scale per group.
+void quantize_input_kernel(const float* x, int64_t n, int64_t group, int16_t* q_out,
+                           float* scale) {
   const hn::ScalableTag<float> df;
   const hn::Rebind<int16_t, decltype(df)> di16;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
@@ -515,23 +534,17 @@ void PreparedInput::prepare(TensorType weight_type, const float* x, int64_t n) {
     const float d = amax / 127.0f;
     const float id = d > 0 ? 1.0f / d : 0.0f;
     // Round to nearest, ties to even, as llama.cpp quantizes its activations.
-    int16_t* q = q_.data() + b * group;
+    int16_t* q = q_out + b * group;
     const auto vid = hn::Set(df, id);
     for (j = 0; j + lanes <= group; j += lanes) {
       hn::StoreU(hn::DemoteTo(di16, hn::NearestInt(hn::Mul(hn::LoadU(df, v + j), vid))), di16, q + j);
     }
     for (; j < group; ++j) q[j] = static_cast<int16_t>(std::nearbyint(v[j] * id));
-    scale_[b] = d;
-  }
-  scaled_block_sum_.resize(n / kQK);
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    int32_t sum = 0;
-    for (int j = 0; j < kQK; ++j) sum += q_[b * kQK + j];
-    scaled_block_sum_[b] = scale_[b * kQK / group] * static_cast<float>(sum);
+    scale[b] = d;
   }
 }
 
-float dot(TensorType type, const void* row, const PreparedInput& x) {
+float dot_kernel(TensorType type, const void* row, const PreparedInput& x) {
   if (type != x.weight_type()) {
     fail("internal error: input prepared for {} used with {} weights", type_name(x.weight_type()),
          type_name(type));
@@ -553,8 +566,8 @@ float dot(TensorType type, const void* row, const PreparedInput& x) {
   }
 }
 
-void matvec_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput& x,
-                 int64_t row_begin, int64_t row_end, float* y) {
+void matvec_rows_kernel(TensorType type, const uint8_t* weights, size_t stride,
+                        const PreparedInput& x, int64_t row_begin, int64_t row_end, float* y) {
   if (type != x.weight_type()) fail("internal error: input prepared for another type");
   // Float rows go straight to the float dot: on short rows (a KV cache head: 64 to 256 values)
   // dispatching each one through dot() costs as much as the row.
@@ -564,12 +577,13 @@ void matvec_rows(TensorType type, const uint8_t* weights, size_t stride, const P
     // Decode is bound by memory latency: ask for the next row while this one is computed.
     if (r + 1 < row_end) prefetch(weights + (r + 1) * stride, row_size);
     const uint8_t* row = weights + r * stride;
-    y[r] = float_rows ? dot_float_row(type, row, x) : dot(type, row, x);
+    y[r] = float_rows ? dot_float_row(type, row, x) : dot_kernel(type, row, x);
   }
 }
 
-void matmul_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput* xs,
-                 int64_t n_tokens, int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+void matmul_rows_kernel(TensorType type, const uint8_t* weights, size_t stride,
+                        const PreparedInput* xs, int64_t n_tokens, int64_t row_begin,
+                        int64_t row_end, float* y, int64_t ldy) {
   for (int64_t t = 0; t < n_tokens; ++t) {
     if (xs[t].weight_type() != type) fail("internal error: input prepared for another type");
   }
@@ -601,13 +615,59 @@ void matmul_rows(TensorType type, const uint8_t* weights, size_t stride, const P
   }
 }
 
-void dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
+namespace {
+
+// Lanes(df) int8 values from q, widened to float (exactly).
+template <class DF>
+HWY_INLINE hn::Vec<DF> widen_int8(DF df, const int8_t* q) {
+  const hn::Rebind<int32_t, DF> di32;
+  const hn::Rebind<int16_t, DF> di16;
+  const hn::Rebind<int8_t, DF> di8;
+  return hn::ConvertTo(df, hn::PromoteTo(di32, hn::PromoteTo(di16, hn::LoadU(di8, q))));
+}
+
+// y[0..32) = scale * q[0..32), the int8 values widened to float in vector lanes.
+HWY_INLINE void dequantize_int8_block(const int8_t* q, float scale, float* y) {
+  const hn::CappedTag<float, 8> df;
+  const auto vs = hn::Set(df, scale);
+  for (int i = 0; i < kQK; i += static_cast<int>(hn::Lanes(df))) {
+    hn::StoreU(hn::Mul(widen_int8(df, q + i), vs), df, y + i);
+  }
+}
+
+}  // namespace
+
+void dequantize_row_kernel(TensorType type, const void* src, float* dst, int64_t n) {
+  if (type == TensorType::Q8_0 && n % kQK == 0) {
+    const auto* b = static_cast<const BlockQ8_0*>(src);
+    for (int64_t i = 0; i < n / kQK; ++i) {
+      dequantize_int8_block(b[i].qs, half_to_float(b[i].d), dst + i * kQK);
+    }
+    return;
+  }
+  if (type == TensorType::F16) {
+    const hn::ScalableTag<float> d;
+    const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+    const auto* h = static_cast<const hwy::float16_t*>(src);
+    const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+    int64_t i = 0;
+    for (; i + lanes <= n; i += lanes) hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, h + i)), d, dst + i);
+    for (; i < n; ++i) dst[i] = half_to_float(static_cast<const uint16_t*>(src)[i]);
+    return;
+  }
   dequantize_row_reference(type, src, dst, n);
 }
 
-void quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
+void quantize_row_kernel(TensorType type, const float* src, void* dst, int64_t n) {
   // F16 is the KV cache's default: every new key and value is stored this way.
   if (type != TensorType::F16) return quantize_row_reference(type, src, dst, n);
+#if HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR || \
+    (HWY_ARCH_X86 && HWY_TARGET > HWY_AVX2)
+  // No conversion instruction (x86 before F16C): Highway's emulation rounds otherwise than
+  // IEEE (and the reference) at the edges, so the scalar conversion, bit for bit.
+  for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = float_to_fp16(src[i]);
+  return;
+#endif
   const hn::ScalableTag<float> d;
   const hn::Rebind<hwy::float16_t, decltype(d)> dh;
   auto* h = static_cast<hwy::float16_t*>(dst);
@@ -621,26 +681,22 @@ namespace {
 
 // y[0..32) += scale * q[0..32), the int8 values widened to float in vector lanes.
 HWY_INLINE void axpy_int8_block(const int8_t* q, float scale, float* y) {
-  const hn::FixedTag<float, 8> df;
-  const hn::Rebind<int32_t, decltype(df)> di32;
-  const hn::Rebind<int16_t, decltype(df)> di16;
-  const hn::Rebind<int8_t, decltype(df)> di8;
+  const hn::CappedTag<float, 8> df;
   const auto vs = hn::Set(df, scale);
-  for (int i = 0; i < kQK; i += 8) {
-    const auto wide = hn::PromoteTo(di32, hn::PromoteTo(di16, hn::LoadU(di8, q + i)));
-    hn::StoreU(hn::MulAdd(hn::ConvertTo(df, wide), vs, hn::LoadU(df, y + i)), df, y + i);
+  for (int i = 0; i < kQK; i += static_cast<int>(hn::Lanes(df))) {
+    hn::StoreU(hn::MulAdd(widen_int8(df, q + i), vs, hn::LoadU(df, y + i)), df, y + i);
   }
 }
 
 }  // namespace
 
-void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n) {
-  if (type == TensorType::F32) return axpy_f32(a, static_cast<const float*>(row), y, n);
+void axpy_row_kernel(TensorType type, const void* row, float a, float* y, int64_t n) {
+  if (type == TensorType::F32) return axpy_f32_kernel(a, static_cast<const float*>(row), y, n);
   if (type == TensorType::F16) return axpy_f16(a, static_cast<const uint16_t*>(row), y, n);
   if (type == TensorType::Q8_0) {
     // The down projection of the bundles: the hot loop of the sparse FFN.
     const auto* b = static_cast<const BlockQ8_0*>(row);
-    for (int64_t i = 0; i < n / kQK; ++i) axpy_int8_block(b[i].qs, a * fp16_to_float_fast(b[i].d), y + i * kQK);
+    for (int64_t i = 0; i < n / kQK; ++i) axpy_int8_block(b[i].qs, a * half_to_float(b[i].d), y + i * kQK);
     return;
   }
   const int64_t block = type_traits(type).block_size;
@@ -652,11 +708,54 @@ void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n) {
     const int64_t m = std::min(slice, n - i);
     dequantize_row_reference(type, static_cast<const uint8_t*>(row) + i / block * block_bytes,
                              buffer, m);
-    axpy_f32(a, buffer, y + i, m);
+    axpy_f32_kernel(a, buffer, y + i, m);
   }
 }
 
-float dot_f32(const float* a, const float* b, int64_t n) {
+void axpy_row_tokens_kernel(TensorType type, const void* row, const float* a, int64_t n_tokens,
+                            float* y, int64_t ldy, int64_t n) {
+  if (type != TensorType::Q8_0) {
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      if (a[t] != 0.0f) axpy_row_kernel(type, row, a[t], y + t * ldy, n);
+    }
+    return;
+  }
+  // The row's int8 values widened to float once for all tokens; then per token exactly the
+  // multiply-adds axpy_int8_block does (lane-wise, so the vector width does not matter), so
+  // every token's sum equals a one-token call's.
+  const hn::CappedTag<float, 16> df;
+  const int lanes = static_cast<int>(hn::Lanes(df));
+  const auto* b = static_cast<const BlockQ8_0*>(row);
+  const int64_t blocks = n / kQK;
+  thread_local hwy::AlignedFreeUniquePtr<float[]> values;
+  thread_local std::vector<float> scales;
+  thread_local int64_t capacity = 0;
+  if (capacity < n) {
+    values = hwy::AllocateAligned<float>(static_cast<size_t>(n));
+    capacity = n;
+  }
+  if (static_cast<int64_t>(scales.size()) < blocks) scales.resize(blocks);
+  float* q = values.get();
+  for (int64_t i = 0; i < blocks; ++i) {
+    for (int j = 0; j < kQK; j += lanes) {
+      hn::Store(widen_int8(df, b[i].qs + j), df, q + i * kQK + j);
+    }
+    scales[i] = half_to_float(b[i].d);
+  }
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    if (a[t] == 0.0f) continue;
+    float* out = y + t * ldy;
+    for (int64_t i = 0; i < blocks; ++i) {
+      const auto vs = hn::Set(df, a[t] * scales[i]);
+      for (int j = 0; j < kQK; j += lanes) {
+        const int64_t k = i * kQK + j;
+        hn::StoreU(hn::MulAdd(hn::Load(df, q + k), vs, hn::LoadU(df, out + k)), df, out + k);
+      }
+    }
+  }
+}
+
+float dot_f32_kernel(const float* a, const float* b, int64_t n) {
   const hn::ScalableTag<float> d;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
@@ -670,7 +769,7 @@ float dot_f32(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
-void axpy_f32(float a, const float* x, float* y, int64_t n) {
+void axpy_f32_kernel(float a, const float* x, float* y, int64_t n) {
   const hn::ScalableTag<float> d;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   const auto va = hn::Set(d, a);
@@ -681,7 +780,7 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
-void scale_f32(float* x, float a, int64_t n) {
+void scale_f32_kernel(float* x, float a, int64_t n) {
   const hn::ScalableTag<float> d;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   const auto va = hn::Set(d, a);
@@ -690,4 +789,113 @@ void scale_f32(float* x, float a, int64_t n) {
   for (; i < n; ++i) x[i] *= a;
 }
 
+}  // namespace HWY_NAMESPACE
 }  // namespace flashlm
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace flashlm {
+namespace {
+
+bool is_float_weights(TensorType t) {
+  return t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16;
+}
+
+}  // namespace
+
+HWY_EXPORT(quantize_input_kernel);
+HWY_EXPORT(dot_kernel);
+HWY_EXPORT(matvec_rows_kernel);
+HWY_EXPORT(matmul_rows_kernel);
+HWY_EXPORT(dequantize_row_kernel);
+HWY_EXPORT(quantize_row_kernel);
+HWY_EXPORT(axpy_row_kernel);
+HWY_EXPORT(axpy_row_tokens_kernel);
+HWY_EXPORT(dot_f32_kernel);
+HWY_EXPORT(axpy_f32_kernel);
+HWY_EXPORT(scale_f32_kernel);
+
+size_t PreparedInput::bytes(TensorType weight_type, int64_t n) {
+  if (is_float_weights(weight_type)) return static_cast<size_t>(n) * sizeof(float);
+  const int64_t groups = n / type_traits(weight_type).block_size, blocks = n / kQK;
+  return static_cast<size_t>(n) * sizeof(int16_t) +
+         static_cast<size_t>(groups + blocks) * sizeof(float);
+}
+
+void PreparedInput::prepare(TensorType weight_type, const float* x, int64_t n) {
+  type_ = weight_type;
+  n_ = n;
+  if (is_float_weights(weight_type)) {
+    values_.assign(x, x + n);
+    return;
+  }
+  // One scale per group of the weight type: 32 values for the simple types, 256 for the
+  // K-quants (like llama.cpp's Q8_K), so a K-quant super-block sums in integers.
+  const int64_t group = type_traits(weight_type).block_size;
+  if (n % group != 0) fail("cannot prepare an input of {} values: not a multiple of {}", n, group);
+  group_ = group;
+  q_.resize(n);
+  scale_.resize(n / group);
+  HWY_DYNAMIC_DISPATCH(quantize_input_kernel)(x, n, group, q_.data(), scale_.data());
+  scaled_block_sum_.resize(n / kQK);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    int32_t sum = 0;
+    for (int j = 0; j < kQK; ++j) sum += q_[b * kQK + j];
+    scaled_block_sum_[b] = scale_[b * kQK / group] * static_cast<float>(sum);
+  }
+}
+
+float dot(TensorType type, const void* row, const PreparedInput& x) {
+  return HWY_DYNAMIC_DISPATCH(dot_kernel)(type, row, x);
+}
+
+void matvec_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput& x,
+                 int64_t row_begin, int64_t row_end, float* y) {
+  HWY_DYNAMIC_DISPATCH(matvec_rows_kernel)(type, weights, stride, x, row_begin, row_end, y);
+}
+
+void matmul_rows(TensorType type, const uint8_t* weights, size_t stride, const PreparedInput* xs,
+                 int64_t n_tokens, int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  HWY_DYNAMIC_DISPATCH(matmul_rows_kernel)(type, weights, stride, xs, n_tokens, row_begin,
+                                           row_end, y, ldy);
+}
+
+bool has_dequantize_kernel(TensorType type) {
+  return type == TensorType::F16 || type == TensorType::Q8_0;
+}
+
+void dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(dequantize_row_kernel)(type, src, dst, n);
+}
+
+void quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(quantize_row_kernel)(type, src, dst, n);
+}
+
+void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(axpy_row_kernel)(type, row, a, y, n);
+}
+
+void axpy_row_tokens(TensorType type, const void* row, const float* a, int64_t n_tokens, float* y,
+                     int64_t ldy, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(axpy_row_tokens_kernel)(type, row, a, n_tokens, y, ldy, n);
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  return HWY_DYNAMIC_DISPATCH(dot_f32_kernel)(a, b, n);
+}
+
+void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(axpy_f32_kernel)(a, x, y, n);
+}
+
+void scale_f32(float* x, float a, int64_t n) { HWY_DYNAMIC_DISPATCH(scale_f32_kernel)(x, a, n); }
+
+std::string kernel_target() {
+  // The dispatch picks the best target compiled in that the CPU supports: the lowest bit.
+  const int64_t usable = hwy::SupportedTargets() & HWY_TARGETS;
+  return hwy::TargetName(usable & -usable);
+}
+
+}  // namespace flashlm
+#endif  // HWY_ONCE

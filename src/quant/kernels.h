@@ -1,10 +1,12 @@
 // The fast kernels, SIMD through Highway: dot products of stored (quantized) rows with
 // activations, and the float helpers of the forward pass. Each has a scalar twin in
-// reference.h that the tests compare it with. Single-threaded: callers split rows.
+// reference.h that the tests compare it with, on every SIMD target compiled in. One binary
+// carries all targets and runs the best the CPU supports. Single-threaded: callers split rows.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "quant/types.h"
@@ -52,11 +54,18 @@ void matvec_rows(TensorType type, const uint8_t* weights, size_t row_stride_byte
 void matmul_rows(TensorType type, const uint8_t* weights, size_t row_stride_bytes,
                  const PreparedInput* xs, int64_t n_tokens, int64_t row_begin, int64_t row_end,
                  float* y, int64_t ldy);
+// dst = the n values of a row of `type`: vector kernels for F16 and Q8_0 (the down columns
+// of a .flm, the embedding rows of most models), the scalar reference for the other types.
 void dequantize_row(TensorType type, const void* src, float* dst, int64_t n);
+bool has_dequantize_kernel(TensorType type);
 // dst = n floats encoded as `type`, bit for bit as quantize_row_reference (F16 in vector lanes).
 void quantize_row(TensorType type, const float* src, void* dst, int64_t n);
 // y += a * row (the row dequantized), n elements.
 void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n);
+// The same for several tokens at once: y[t * ldy ..] += a[t] * row for every t with a[t] != 0,
+// each token's result bit for bit what axpy_row gives it alone (the row is decoded once).
+void axpy_row_tokens(TensorType type, const void* row, const float* a, int64_t n_tokens, float* y,
+                     int64_t ldy, int64_t n);
 
 float dot_f32(const float* a, const float* b, int64_t n);
 // Asks the CPU to start loading [data, data + bytes) into its caches; weights streamed from
@@ -66,5 +75,10 @@ inline void prefetch(const void* data, size_t bytes) {
 }
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void scale_f32(float* x, float a, int64_t n);
+
+// The SIMD target these functions run on, chosen at the first call for the CPU at hand
+// (Highway's dynamic dispatch): "AVX3_DL" (AVX-512 with VNNI), "AVX3", "AVX2", "SSE4",
+// "NEON", "SVE", "EMU128" (scalar emulation), ...
+std::string kernel_target();
 
 }  // namespace flashlm

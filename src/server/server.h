@@ -19,6 +19,8 @@ struct ServerOptions {
   int max_queue = 8;
   size_t max_body = 1 << 20;  // bytes; larger requests get 413
   std::string model_id;       // what clients call the model: the file name
+  std::string draft = "none";  // speculative decoding for every request (make_drafter)
+  int draft_max = 8;
 };
 
 class ApiServer {

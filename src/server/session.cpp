@@ -35,7 +35,7 @@ SessionResult Session::run(const SessionRequest& request, const TextCallback& on
                               }
                               return !matcher.stopped();
                             },
-                            request.cancelled);
+                            request.cancelled, draft_);
     cancelled = cancelled || result.stats.cancelled;
   } catch (...) {
     // A pass that failed halfway leaves the cache in no known state.

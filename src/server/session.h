@@ -48,13 +48,16 @@ using TextCallback = std::function<bool(std::string_view text)>;
 
 class Session {
  public:
-  Session(Engine& engine, const Tokenizer& tokenizer) : engine_(engine), tokenizer_(tokenizer) {}
+  // `draft`: speculative decoding for every request (its drafter must outlive the session).
+  Session(Engine& engine, const Tokenizer& tokenizer, DecodeOptions draft = {})
+      : engine_(engine), tokenizer_(tokenizer), draft_(draft) {}
 
   SessionResult run(const SessionRequest& request, const TextCallback& on_text);
 
  private:
   Engine& engine_;
   const Tokenizer& tokenizer_;
+  DecodeOptions draft_;
   std::vector<int32_t> cached_;  // the tokens whose keys and values the KV cache holds
 };
 

@@ -13,7 +13,7 @@ SparseFfn::SparseFfn(const BundleLayout& layout, Activation activation, ThreadPo
       activation_(activation),
       pool_(pool),
       accumulators_(pool.size()),
-      down_rows_(pool.size()) {}
+      token_activations_(pool.size()) {}
 
 void SparseFfn::prepare(const float* x, int64_t n_tokens) {
   const int64_t d = layout_.d_model;
@@ -36,24 +36,23 @@ float SparseFfn::activation(const uint8_t* bundle, int64_t token) const {
 }
 
 void SparseFfn::neuron(const uint8_t* bundle, int64_t n_tokens, float threshold, float* acc,
-                       std::vector<float>& down) {
+                       std::vector<float>& h) {
   const int64_t d = layout_.d_model;
   const uint8_t* down_row = bundle + layout_.down_offset();
-  bool down_ready = false;
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const float h = activation(bundle, t);
-    if (std::abs(h) <= threshold) continue;
-    if (n_tokens == 1) {
-      axpy_row(layout_.down_type, down_row, h, acc, d);
-      continue;
-    }
-    // With several tokens the down row is dequantized once and reused.
-    if (!down_ready) {
-      dequantize_row(layout_.down_type, down_row, down.data(), d);
-      down_ready = true;
-    }
-    axpy_f32(h, down.data(), acc + t * d, d);
+  if (n_tokens == 1) {
+    const float a = activation(bundle, 0);
+    if (std::abs(a) > threshold) axpy_row(layout_.down_type, down_row, a, acc, d);
+    return;
   }
+  // Several tokens: the down row is decoded once for all of them, and each token's sum is
+  // what the one-token path gives it (a batch computes what token-by-token decoding does).
+  bool any = false;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float a = activation(bundle, t);
+    h[t] = std::abs(a) > threshold ? a : 0.0f;
+    any |= h[t] != 0.0f;
+  }
+  if (any) axpy_row_tokens(layout_.down_type, down_row, h.data(), n_tokens, acc, d, d);
 }
 
 void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x, int64_t n_tokens,
@@ -70,7 +69,7 @@ void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x,
   for (int64_t s = 0; s < slices; ++s) {
     accumulators_[s].assign(static_cast<size_t>(n_tokens) * d, 0.0f);
   }
-  for (std::vector<float>& row : down_rows_) row.resize(d);
+  for (std::vector<float>& h : token_activations_) h.resize(n_tokens);
   pool_.parallel_for(slices, [&](int64_t first, int64_t last, int thread) {
     for (int64_t s = first; s < last; ++s) {
       float* acc = accumulators_[s].data();
@@ -79,7 +78,7 @@ void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x,
         // Bundles come from reads just landed in DRAM or from a cache larger than the CPU's:
         // ask for the next one while this one is computed.
         if (i + 1 < end) prefetch(bundles[i + 1], layout_.stride);
-        neuron(bundles[i], n_tokens, threshold, acc, down_rows_[thread]);
+        neuron(bundles[i], n_tokens, threshold, acc, token_activations_[thread]);
       }
     }
   });

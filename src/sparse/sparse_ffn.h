@@ -39,14 +39,14 @@ class SparseFfn {
   void prepare(const float* x, int64_t n_tokens);
   float activation(const uint8_t* bundle, int64_t token) const;
   void neuron(const uint8_t* bundle, int64_t n_tokens, float threshold, float* acc,
-              std::vector<float>& down);
+              std::vector<float>& h);
 
   const BundleLayout layout_;
   const Activation activation_;
   ThreadPool& pool_;
   std::vector<PreparedInput> gate_inputs_, up_inputs_;
   std::vector<std::vector<float>> accumulators_;  // one n_tokens x d_model sum per slice
-  std::vector<std::vector<float>> down_rows_;     // one dequantized down row per thread
+  std::vector<std::vector<float>> token_activations_;  // one n_tokens buffer per thread
 };
 
 }  // namespace flashlm

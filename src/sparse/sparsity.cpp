@@ -37,7 +37,20 @@ SparsityProfile SparsityProfile::from_gguf(const GgufFile& f, int n_layers) {
          f.path(), flat.size(), p.levels.size(), n_layers);
   }
   for (size_t i = 0; i < p.levels.size(); ++i) {
+    const float level = p.levels[i];
+    if (!(level >= 0 && level < 1) || (i > 0 && !(level > p.levels[i - 1]))) {
+      fail("{}: sparsity level {} is not in [0, 1) or not above the one before it; the sparsity "
+           "file is damaged: run flashlm calibrate again",
+           f.path(), level);
+    }
     p.thresholds.emplace_back(flat.begin() + i * n_layers, flat.begin() + (i + 1) * n_layers);
+    for (float t : p.thresholds.back()) {
+      if (!(t >= 0 && std::isfinite(t))) {
+        fail("{}: threshold {} for sparsity {:.2f} is not a finite value >= 0; the sparsity file "
+             "is damaged: run flashlm calibrate again",
+             f.path(), t, level);
+      }
+    }
   }
   return p;
 }

@@ -332,3 +332,22 @@ def test_sigterm_during_a_long_prompt_stops_within_a_second(make_server):
     t.join(timeout=30)
     assert elapsed < 1.0, f"the server took {elapsed:.2f} s to stop"
     assert "stopped" in s.log_text()
+
+
+def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_server):
+    """`serve --draft ngram`: the same completions as the plain server, greedy and seeded."""
+    drafted = make_server("--draft", "ngram")
+    for body in ({"prompt": COUNTING, "max_tokens": 40, "temperature": 0},
+                 {"prompt": COUNTING, "max_tokens": 40, "temperature": 0.8, "seed": 7},
+                 {"messages": [{"role": "user", "content": "Repeat: red, green, blue, red, "
+                                "green, blue, red, green, blue."}],
+                  "max_tokens": 32, "temperature": 0}):
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        a = post(server, path, body)
+        b = post(drafted, path, body)
+        assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
+        key = "message" if "messages" in body else "text"
+        pick = (lambda r: r.json()["choices"][0]["message"]["content"]) if key == "message" \
+            else (lambda r: r.json()["choices"][0]["text"])
+        assert pick(a) == pick(b), body
+        assert a.json()["usage"] == b.json()["usage"]

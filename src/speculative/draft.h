@@ -1,0 +1,62 @@
+// Speculative decoding's drafts: guesses of the next tokens that one batched forward pass of
+// the target model then verifies, so that a pass over the weights (on flash: one read of every
+// layer) can yield several tokens. Verification lives in engine/generate.cpp; a draft only
+// proposes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace flashlm {
+
+class Drafter {
+ public:
+  virtual ~Drafter() = default;
+  // Up to max_tokens tokens that may follow `context` (the prompt and everything generated);
+  // empty when there is no good guess (the step then decodes one token, as without a draft).
+  virtual std::vector<int32_t> draft(std::span<const int32_t> context, int max_tokens) = 0;
+  virtual std::string name() const = 0;
+};
+
+// Prompt lookup: the last n tokens of the context (n from max_n down to min_n) are searched for
+// earlier in the context, and what followed their latest earlier occurrence is the draft.
+// No model and no memory beyond the tokens; it pays where text repeats (code, quotes, edits
+// of a given text, summaries that reuse the source's words).
+class NgramDrafter : public Drafter {
+ public:
+  NgramDrafter(int min_n = 2, int max_n = 4);
+  std::vector<int32_t> draft(std::span<const int32_t> context, int max_tokens) override;
+  std::string name() const override { return "ngram"; }
+
+ private:
+  int min_n_, max_n_;
+};
+
+// How many tokens to draft next. A verifying pass of s tokens costs about a + b * s (on flash,
+// a is the layer reads and b the compute per token), and a chain of k drafts yields
+// 1 + alpha + ... + alpha^k tokens when each is accepted with probability alpha. Both are
+// measured as generation goes (a least-squares line through the passes' times, the acceptance
+// of the drafts actually tried, older steps weighing less), and the k in 1..max_tokens with
+// the most tokens per second is chosen: long drafts where passes are dear and drafts good,
+// one token where verifying costs compute that rejections waste.
+class DraftLength {
+ public:
+  explicit DraftLength(int max_tokens);
+  int next() const;
+  // A verifying pass of 1 + drafted tokens, `accepted` of the drafts kept, in `seconds`.
+  void observe(int drafted, int accepted, double seconds);
+
+ private:
+  int max_;
+  double tried_ = 2, kept_ = 1;                         // prior: half of the drafts accepted
+  double n_ = 0, s_ = 0, ss_ = 0, t_ = 0, st_ = 0;  // sums for the line through (s, seconds)
+};
+
+// `--draft SOURCE` as a Drafter: "ngram"; "none" (or empty) gives null. Anything else is an
+// error that lists what is supported.
+std::unique_ptr<Drafter> make_drafter(const std::string& source);
+
+}  // namespace flashlm
