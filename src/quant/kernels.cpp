@@ -291,6 +291,29 @@ HWY_INLINE VF32 scale_accumulate(V32 sum, float d_times_dx, VF32 acc) {
   return hn::MulAdd(hn::ConvertTo(DF32(), sum), hn::Set(DF32(), d_times_dx), acc);
 }
 
+// The minimums' part of group g of one row with one input, added to the running sums: the
+// K-quants' eight block minimums in 8-lane multiply-adds (macc), the simple asymmetric types'
+// one (mins). dot_quantized and tile_dot both sum through these two helpers, in one order.
+template <TensorType T, class DF8>
+HWY_INLINE void add_group_mins(DF8 df8, const float* block_min, const float* block_sums,
+                               int64_t g, hn::Vec<DF8>& macc, float& mins) {
+  if constexpr (is_asymmetric(T) && kGroup<T> == kQKK) {
+    for (int64_t b = 0; b < 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
+      macc = hn::MulAdd(hn::LoadU(df8, block_min + b), hn::LoadU(df8, block_sums + g * 8 + b),
+                        macc);
+    }
+  } else if constexpr (is_asymmetric(T)) {
+    mins += block_min[0] * block_sums[g];
+  }
+}
+
+template <TensorType T, class DF8>
+HWY_INLINE float finish_dot(DF8 df8, VF32 acc, float mins, hn::Vec<DF8> macc) {
+  float v = reduce(acc) + mins;
+  if constexpr (is_asymmetric(T) && kGroup<T> == kQKK) v += hn::GetLane(hn::SumOfLanes(df8, macc));
+  return v;
+}
+
 // One row's dot with one prepared input, group after group. tile_dot (prefill) keeps the same
 // order of every float operation, so a token's result does not depend on whether it came alone
 // or in a batch: the activations are quantized again at every layer, where a one-ulp
@@ -309,18 +332,9 @@ float dot_quantized(const uint8_t* row, const PreparedInput& x) {
   for (int64_t g = 0; g < groups; ++g) {
     const float d = unpack_group<T>(row, g, w, block_min);
     acc = scale_accumulate(group_int_dot(w, x.q() + g * kCount, kCount), d * x.scale()[g], acc);
-    if constexpr (is_asymmetric(T) && kCount == kQKK) {
-      for (int64_t b = 0; b < 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
-        macc = hn::MulAdd(hn::LoadU(df8, block_min + b),
-                          hn::LoadU(df8, x.scaled_block_sum() + g * 8 + b), macc);
-      }
-    } else if constexpr (is_asymmetric(T)) {
-      mins += block_min[0] * x.scaled_block_sum()[g];
-    }
+    add_group_mins<T>(df8, block_min, x.scaled_block_sum(), g, macc, mins);
   }
-  float v = reduce(acc) + mins;
-  if constexpr (is_asymmetric(T) && kCount == kQKK) v += hn::GetLane(hn::SumOfLanes(df8, macc));
-  return v;
+  return finish_dot<T>(df8, acc, mins, macc);
 }
 
 // Prefill: rows are unpacked once per call and multiplied with kTile tokens at a time, so each
@@ -385,27 +399,18 @@ HWY_INLINE void tile_dot(const UnpackedRows& rows, int64_t first, const Prepared
         acc[r][t] = scale_accumulate(sum[r][t], d[r][g] * xs[t].scale()[g], acc[r][t]);
       }
     }
-    if constexpr (is_asymmetric(T) && kCount == kQKK) {
-      // The minimums' part: one 8-lane multiply-add per K-quant group.
-      for (int64_t b = g * 8; b < g * 8 + 8; b += static_cast<int64_t>(hn::Lanes(df8))) {
-        for (int r = 0; r < kRows; ++r) {
-          const auto vm = hn::LoadU(df8, bm[r] + b);
-          for (int t = 0; t < kTokens; ++t) {
-            macc[r][t] = hn::MulAdd(vm, hn::LoadU(df8, xs[t].scaled_block_sum() + b), macc[r][t]);
-          }
-        }
-      }
-    } else if constexpr (is_asymmetric(T)) {
+    if constexpr (is_asymmetric(T)) {
       for (int r = 0; r < kRows; ++r) {
-        for (int t = 0; t < kTokens; ++t) facc[r][t] += bm[r][g] * xs[t].scaled_block_sum()[g];
+        for (int t = 0; t < kTokens; ++t) {
+          add_group_mins<T>(df8, bm[r] + g * (kCount / kQK), xs[t].scaled_block_sum(), g,
+                            macc[r][t], facc[r][t]);
+        }
       }
     }
   }
   for (int r = 0; r < kRows; ++r) {
     for (int t = 0; t < kTokens; ++t) {
-      float v = reduce(acc[r][t]) + facc[r][t];
-      if constexpr (is_asymmetric(T) && kCount == kQKK) v += hn::GetLane(hn::SumOfLanes(df8, macc[r][t]));
-      out[t * ldy + r] = v;
+      out[t * ldy + r] = finish_dot<T>(df8, acc[r][t], facc[r][t], macc[r][t]);
     }
   }
 }
