@@ -12,7 +12,8 @@
 #                              cannot exec an ARM binary without binfmt_misc, which a container
 #                              may not have; the code they drive is in server_test and
 #                              memory_budget_test, which run here.
-#   Models/Reference.*         1.5B-model comparisons with llama.cpp: hours under emulation; the
+#   Models/Reference.*, Models/LoraReference.*
+#                              1.5B-model comparisons with llama.cpp: hours under emulation; the
 #                              perplexity pass at the end checks a real model instead.
 #   Speculative.RealModel*     SmolLM2 in five modes, 800 tokens: over ten minutes emulated; the
 #                              same loop runs on the tiny models of the other Speculative tests.
@@ -20,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-arm64}
-exclude=${ARM64_EXCLUDE:-'^server_api$|^memory_budget$|^Models/Reference\.|^Speculative\.RealModel'}
+exclude=${ARM64_EXCLUDE:-'^server_api$|^memory_budget$|^Models/Reference\.|^Models/LoraReference\.|^Speculative\.RealModel'}
 
 host_packages=(g++-aarch64-linux-gnu qemu-user cmake ninja-build pkg-config libcli11-dev
                nlohmann-json3-dev)

@@ -9,14 +9,15 @@
 #   memory_budget           every mode inside a cgroup limit equal to its budget: ASan's shadow
 #                           memory and quarantine are outside any plan by design; the engine
 #                           code it runs is covered by memory_budget_test under the sanitizers.
-#   Models/Reference.*      real-model comparisons with llama.cpp (up to a 1.5B model and a
+#   Models/Reference.*, Models/LoraReference.*
+#                           real-model comparisons with llama.cpp (up to a 1.5B model and a
 #                           perplexity pass): minutes natively, far longer under ASan; the same
 #                           code paths run on the tiny models of the other tests.
 # SANITIZE_EXCLUDE replaces that list (a ctest -E regex).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-asan}
-exclude=${SANITIZE_EXCLUDE:-'^server_api$|^memory_budget$|^Models/Reference\.|^Speculative\.RealModel'}
+exclude=${SANITIZE_EXCLUDE:-'^server_api$|^memory_budget$|^Models/Reference\.|^Models/LoraReference\.|^Speculative\.RealModel'}
 start=$(date +%s)
 BUILD_DIR="$build_dir" scripts/build.sh -DFLASHLM_SANITIZE=ON -DFLASHLM_BUILD_BENCH=OFF
 built=$(date +%s)

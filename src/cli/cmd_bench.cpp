@@ -456,6 +456,7 @@ void register_bench_command(CLI::App& app) {
   o->common.add_threads(*cmd);
   o->common.add_context(*cmd, 1024);
   o->common.add_flash(*cmd);
+  o->common.add_lora(*cmd);
   o->common.add_draft(*cmd);
   cmd->add_option("--modes", o->modes,
                   "Comma-separated modes to run, in order (default: dense,naive,hybrid,mmap,sparse "

@@ -186,6 +186,7 @@ void register_chat_command(CLI::App& app) {
   opts->common.add_threads(*cmd);
   opts->common.add_context(*cmd, 4096);
   opts->common.add_flash(*cmd);
+  opts->common.add_lora(*cmd);
   opts->common.add_draft(*cmd);
   cmd->add_option("--system", opts->system, "System message that opens the conversation");
   cmd->add_option("-n,--n-predict", opts->n_predict,

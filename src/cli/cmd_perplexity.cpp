@@ -53,6 +53,7 @@ void register_perplexity_command(CLI::App& app) {
   opts->common.add_threads(*cmd);
   opts->common.add_context(*cmd, 512);
   opts->common.add_flash(*cmd);
+  opts->common.add_lora(*cmd);
   cmd->add_option("-f,--file", opts->text_file, "Text file to evaluate")
       ->required()
       ->check(CLI::ExistingFile);

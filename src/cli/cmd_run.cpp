@@ -87,6 +87,7 @@ void register_run_command(CLI::App& app) {
   opts->common.add_threads(*cmd);
   opts->common.add_context(*cmd, 2048);
   opts->common.add_flash(*cmd);
+  opts->common.add_lora(*cmd);
   opts->common.add_draft(*cmd);
   cmd->add_option("-p,--prompt", opts->prompt, "Prompt text");
   cmd->add_option("-f,--file", opts->prompt_file, "Read the prompt from this file")

@@ -108,6 +108,7 @@ void register_serve_command(CLI::App& app) {
   opts->common.add_threads(*cmd);
   opts->common.add_context(*cmd, 2048);
   opts->common.add_flash(*cmd);
+  opts->common.add_lora(*cmd);
   opts->common.add_draft(*cmd);
   cmd->add_option("--host", opts->server.host,
                   "Address to listen on; 0.0.0.0 exposes the server to the network")

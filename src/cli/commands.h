@@ -25,6 +25,12 @@ struct CommonOptions {
   std::string draft = "none";
   int draft_max = 8;
   void add_draft(CLI::App& cmd);
+  // --lora FILE (repeatable), --lora-scale S (one for all, or one per --lora): adapters applied
+  // beside the weights (run, chat, serve, perplexity, bench).
+  std::vector<std::string> lora_files;
+  std::vector<float> lora_scales;
+  void add_lora(CLI::App& cmd);
+  // Everything above as the engine's options; throws when the flags contradict each other.
   EngineOptions engine_options() const;
 };
 

@@ -123,8 +123,30 @@ void CommonOptions::add_draft(CLI::App& cmd) {
       ->capture_default_str();
 }
 
+void CommonOptions::add_lora(CLI::App& cmd) {
+  cmd.add_option("--lora", lora_files,
+                 "LoRA adapter (llama.cpp's GGUF format, e.g. from flashlm finetune) applied "
+                 "beside the weights, never merged into them; repeat for several")
+      ->check(CLI::ExistingFile);
+  cmd.add_option("--lora-scale", lora_scales,
+                 "Scale of the adapters: one value for all, or one per --lora in their order "
+                 "(default 1)");
+}
+
 EngineOptions CommonOptions::engine_options() const {
   EngineOptions o = engine;
+  if (!lora_scales.empty() && lora_files.empty()) {
+    fail("--lora-scale was given without --lora: name the adapter with --lora FILE");
+  }
+  if (lora_scales.size() > 1 && lora_scales.size() != lora_files.size()) {
+    fail("{} --lora-scale values for {} --lora adapters: give one scale for all or one per "
+         "adapter",
+         lora_scales.size(), lora_files.size());
+  }
+  for (size_t i = 0; i < lora_files.size(); ++i) {
+    const float scale = lora_scales.empty() ? 1.0f : lora_scales[lora_scales.size() == 1 ? 0 : i];
+    o.lora.push_back({lora_files[i], scale});
+  }
   // Verifying a draft reads the logits of every token of the step.
   if (draft != "none") {
     o.all_logits = true;

@@ -106,6 +106,7 @@ WorkingMemory working_memory(const Model& model, const EngineOptions& options, i
                   batch * widest * 3;
   w.predictors = predictor_bytes;
   w.samples = options.sample_bytes;
+  for (const EngineOptions::Lora& l : options.lora) w.adapters += LoraAdapter::file_float_bytes(l.path);
   // Not countable: malloc's slack, thread stacks, code pages touched later, and the page cache
   // that a memory cgroup charges to the process besides its mapped pages (readahead around
   // the code and weights it maps, files it reads: 6-7 MiB measured under a limit, after the
@@ -254,14 +255,26 @@ MemoryPlan Engine::plan(const Model& model, const EngineOptions& options,
 
 Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model), pool_(options.threads > 0 ? options.threads : ThreadPool::default_threads()) {
+  adapters_.reserve(options.lora.size());
+  for (const EngineOptions::Lora& l : options.lora) {
+    adapters_.push_back(LoraAdapter::load(l.path, model.config));
+    lora_.add(adapters_.back(), l.scale);
+  }
   std::optional<ActivationPredictor> predictor;
   plan_ = plan(model, options, predictor);
+  if (lora_.adapts_ffn() && model.flash) {
+    fail("a LoRA adapter given adapts the FFN (ffn_gate, ffn_up or ffn_down), which flashlm "
+         "applies only to a GGUF model's FFN so far, not to a .flm's neuron bundles ({} mode "
+         "here): run the GGUF (-m MODEL.gguf), or use an adapter of the attention only",
+         ffn_mode_name(plan_->mode));
+  }
+  const LoraSet* lora = lora_.empty() ? nullptr : &lora_;
   check_kv_cache_fits(model.config, options, plan_->working.kv_cache);
   const FfnMode mode = plan_->mode;
   const bool sparse_mode = mode == FfnMode::Sparse || mode == FfnMode::SparseOracle;
   FeedForward* ffn = nullptr;
   if (!model.flash) {
-    dense_ffn_ = std::make_unique<DenseFeedForward>(model.config, model.weights, pool_);
+    dense_ffn_ = std::make_unique<DenseFeedForward>(model.config, model.weights, pool_, lora);
     ffn = dense_ffn_.get();
   } else {
     const FlashModelFile& flm = *model.flash;
@@ -312,6 +325,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
                                                   options.io_backend, pool_);
   TransformerOptions t = transformer_options(options, sources_->embedding.get());
   t.weight_stream = sources_->streamed.get();
+  t.lora = lora;
   transformer_ = std::make_unique<Transformer>(model.config, model.weights, *ffn, pool_, t);
 }
 

@@ -13,6 +13,7 @@
 #include "flash/flash_ffn.h"
 #include "flash/memory_plan.h"
 #include "flash/streamed_weights.h"
+#include "lora/lora.h"
 #include "model/transformer.h"
 #include "sparse/predictor_selector.h"
 #include "sparse/sparsity.h"
@@ -58,6 +59,14 @@ struct EngineOptions {
   // What a tool running the model holds besides it (calibrate's and train-predictor's samples),
   // counted in the budget.
   uint64_t sample_bytes = 0;
+  // LoRA adapters (llama.cpp's format) applied beside the weights, each with its scale
+  // (--lora FILE, --lora-scale FILE S). Attention adapters work in every mode; FFN adapters
+  // need the FFN computed from the GGUF's matrices (dense mode of a GGUF model).
+  struct Lora {
+    std::string path;
+    float scale = 1.0f;
+  };
+  std::vector<Lora> lora;
 };
 
 class Engine {
@@ -81,10 +90,13 @@ class Engine {
   // The predictor's online recall and precision (sparse mode with measure_predictor), else null.
   const PredictorQuality* predictor_quality() const;
   void reset_stats();
+  const LoraSet& lora() const { return lora_; }
 
  private:
   const Model& model_;
   ThreadPool pool_;
+  std::vector<LoraAdapter> adapters_;
+  LoraSet lora_;
   std::optional<MemoryPlan> plan_;
   std::unique_ptr<FeedForward> dense_ffn_;
   std::unique_ptr<FlashFeedForward> flash_ffn_;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "loss/cross_entropy.h"
 
 namespace flashlm {
 namespace {
@@ -51,6 +52,25 @@ PerplexityResult evaluate_perplexity(Transformer& transformer, const Tokenizer& 
     const int batch = std::min(chunk_size, transformer.max_batch());
     for (int b = 0; b < chunk_size; b += batch) {
       const int n = std::min(batch, chunk_size - b);
+      if (const Matrix* head = transformer.output_head()) {
+        // The head in DRAM: the tiled loss, in vocabulary tiles, without a batch of logits.
+        const std::span<const float> hidden =
+            transformer.forward_hidden(std::span<const int32_t>(chunk).subspan(b, n));
+        const int lo = std::max(b, first_scored), hi = std::min(b + n, chunk_size - 1);
+        if (lo >= hi) continue;
+        std::vector<int32_t> targets(tokens.begin() + static_cast<int64_t>(c) * chunk_size + lo + 1,
+                                     tokens.begin() + static_cast<int64_t>(c) * chunk_size + hi + 1);
+        std::vector<float> token_nll(targets.size()), lse(targets.size());
+        tiled_cross_entropy(*head, hidden.data() + static_cast<size_t>(lo - b) * head->cols,
+                            hi - lo, targets.data(), token_nll.data(), lse.data(),
+                            transformer.pool());
+        for (const float x : token_nll) {
+          nll += x;
+          nll_squares += double{x} * x;
+          ++result.scored_tokens;
+        }
+        continue;
+      }
       std::span<const float> logits =
           transformer.forward(std::span<const int32_t>(chunk).subspan(b, n), true);
       for (int i = 0; i < n; ++i) {

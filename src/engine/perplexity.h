@@ -20,8 +20,10 @@ struct PerplexityResult {
 
 // Splits the tokenized text into chunks of chunk_size tokens (the first token of each chunk
 // replaced by BOS when the model adds one), evaluates each from an empty context, and scores
-// the next-token log-likelihood over the second half of each chunk. Log-softmax runs one
-// batch of logits at a time, never over the whole chunks x vocabulary matrix.
+// the next-token log-likelihood over the second half of each chunk. With the output head in
+// DRAM the log-likelihoods come from the tiled loss (loss/cross_entropy.h: vocabulary tiles,
+// no batch x vocabulary logits); with a head streamed from flash, from one batch of logits at
+// a time.
 PerplexityResult evaluate_perplexity(Transformer& transformer, const Tokenizer& tokenizer,
                                      std::string_view text, int chunk_size, int max_chunks,
                                      const std::function<void(int, int, double)>& progress);

@@ -59,11 +59,12 @@ struct WorkingMemory {
   uint64_t predictors = 0;   // sparse mode's activation predictors, when it consults them
   // calibrate and train-predictor: the activation samples they gather (and the training state)
   uint64_t samples = 0;
+  uint64_t adapters = 0;  // LoRA adapters applied (--lora), as floats
   // What cannot be counted exactly (allocator slack, thread stacks, pages of code touched
   // later): reserved.
   uint64_t reserve = 0;
   uint64_t total() const {
-    return process + kv_cache + activations + predictors + samples + reserve;
+    return process + kv_cache + activations + predictors + samples + adapters + reserve;
   }
 };
 

@@ -53,6 +53,7 @@ class StreamedWeights : public WeightStream {
 
   const LayerWeights& layer(int layer, const LayerWeights& resident) override;
   bool output(const float* x, int64_t n_tokens, float* logits) override;
+  bool streams_output() const override { return stream_output_; }
 
   const StreamedWeightStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }

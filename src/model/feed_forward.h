@@ -11,6 +11,7 @@
 
 namespace flashlm {
 
+class LoraSet;
 class ThreadPool;
 
 class FeedForward {
@@ -21,16 +22,19 @@ class FeedForward {
   virtual void forward(int layer, const float* x, int64_t n_tokens, float* out) = 0;
 };
 
-// All FFN weights in DRAM: down(act(gate(x)) * up(x)).
+// All FFN weights in DRAM: down(act(gate(x)) * up(x)), each matrix with the LoRA adapters of
+// `lora` (null: none) added.
 class DenseFeedForward : public FeedForward {
  public:
-  DenseFeedForward(const ModelConfig& config, const ModelWeights& weights, ThreadPool& pool);
+  DenseFeedForward(const ModelConfig& config, const ModelWeights& weights, ThreadPool& pool,
+                   const LoraSet* lora = nullptr);
   void forward(int layer, const float* x, int64_t n_tokens, float* out) override;
 
  private:
   const ModelConfig& config_;
   const ModelWeights& weights_;
   ThreadPool& pool_;
+  const LoraSet* lora_;
   std::vector<float> gate_, up_, hidden_;
 };
 

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/thread_pool.h"
+#include "lora/lora.h"
 #include "ops/ops.h"
 #include "quant/kernels.h"
 
@@ -98,13 +99,37 @@ size_t Transformer::kv_cache_bytes() const { return key_cache_.size() + value_ca
 
 void Transformer::truncate(int n) { n_past_ = std::clamp(n, 0, n_past_); }
 
-std::span<const float> Transformer::forward(std::span<const int32_t> tokens, bool all_logits) {
+void Transformer::check_tokens(std::span<const int32_t> tokens) const {
   if (tokens.empty()) fail("forward() needs at least one token");
   if (n_past_ + static_cast<int64_t>(tokens.size()) > options_.context_size) {
     fail("the context is full: {} tokens already, {} more would exceed the context size {}; "
          "use a larger --ctx-size or a shorter prompt",
          n_past_, tokens.size(), options_.context_size);
   }
+  for (int32_t t : tokens) {
+    if (t < 0 || t >= config_.vocab_size) {
+      fail("token id {} is outside the vocabulary (0..{})", t, config_.vocab_size - 1);
+    }
+  }
+}
+
+const Matrix* Transformer::output_head() const {
+  if (options_.weight_stream && options_.weight_stream->streams_output()) return nullptr;
+  return &weights_.output;
+}
+
+std::span<const float> Transformer::forward_hidden(std::span<const int32_t> tokens) {
+  check_tokens(tokens);
+  if (static_cast<int64_t>(tokens.size()) > options_.max_batch) {
+    fail("forward_hidden() takes at most the batch size ({}) tokens at once, not {}",
+         options_.max_batch, tokens.size());
+  }
+  forward_batch(tokens, false, true);
+  return {xn_.data(), tokens.size() * static_cast<size_t>(config_.d_model)};
+}
+
+std::span<const float> Transformer::forward(std::span<const int32_t> tokens, bool all_logits) {
+  check_tokens(tokens);
   if (all_logits && !options_.all_logits) {
     fail("internal error: forward() was asked for the logits of every token, but this "
          "Transformer was built without all_logits (TransformerOptions::all_logits)");
@@ -112,11 +137,6 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
   if (all_logits && static_cast<int64_t>(tokens.size()) > options_.kept_logit_rows()) {
     fail("all logits were asked for {} tokens, more than the {} rows kept (batch size {})",
          tokens.size(), options_.kept_logit_rows(), options_.max_batch);
-  }
-  for (int32_t t : tokens) {
-    if (t < 0 || t >= config_.vocab_size) {
-      fail("token id {} is outside the vocabulary (0..{})", t, config_.vocab_size - 1);
-    }
   }
   for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
     const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
@@ -127,7 +147,8 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
   return {logits_.data(), vocab};
 }
 
-void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits) {
+void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits,
+                                bool hidden_only) {
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = c.d_model;
@@ -153,6 +174,11 @@ void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits
     for (int64_t i = 0; i < n * d; ++i) x_[i] += out_[i];
   }
 
+  if (hidden_only) {
+    rms_norm(x_.data(), weights_.output_norm.data, xn_.data(), n, d, c.rms_eps);
+    n_past_ += static_cast<int>(n);
+    return;
+  }
   // logits = W_out RMSNorm(x), for the last token only unless all are wanted.
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t rows = n - first;
@@ -172,6 +198,11 @@ void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
   linear(w.wq, xn_.data(), n, q_.data(), pool_, w.bq);
   linear(w.wk, xn_.data(), n, k_.data(), pool_, w.bk);
   linear(w.wv, xn_.data(), n, v_.data(), pool_, w.bv);
+  if (const LoraSet* lora = options_.lora) {
+    lora->apply(layer, LoraTarget::AttnQ, xn_.data(), n, q_.data());
+    lora->apply(layer, LoraTarget::AttnK, xn_.data(), n, k_.data());
+    lora->apply(layer, LoraTarget::AttnV, xn_.data(), n, v_.data());
+  }
 
   const bool local = c.is_local_layer(layer);
   const float rope_base = local ? c.rope_base_local : c.rope_base;
@@ -217,6 +248,7 @@ void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
     }
   });
   linear(w.wo, attn_.data(), n, out_.data(), pool_);
+  if (options_.lora) options_.lora->apply(layer, LoraTarget::AttnOutput, attn_.data(), n, out_.data());
 }
 
 }  // namespace flashlm

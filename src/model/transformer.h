@@ -22,6 +22,7 @@
 
 namespace flashlm {
 
+class LoraSet;
 class ThreadPool;
 
 struct TransformerOptions {
@@ -31,6 +32,8 @@ struct TransformerOptions {
   TokenEmbedding* embedding = nullptr;
   // Where the attention matrices and the output head come from; null: the weights in DRAM.
   WeightStream* weight_stream = nullptr;
+  // LoRA adapters added to the attention projections (the FFN applies its own); null: none.
+  const LoraSet* lora = nullptr;
   // How the KV cache stores keys and values: F32, F16 (llama.cpp's default: half the memory,
   // the same perplexity) or Q8_0 (about a quarter; needs head_dim a multiple of 32).
   TensorType kv_type_k = TensorType::F16, kv_type_v = TensorType::F16;
@@ -58,6 +61,13 @@ class Transformer {
   // then tokens.size() must not exceed max_batch, and the options must have all_logits). The
   // span stays valid until the next call.
   std::span<const float> forward(std::span<const int32_t> tokens, bool all_logits = false);
+  // As forward(), without the output head: the final normalized hidden states of every token
+  // (tokens.size() x d_model, at most max_batch tokens), for a loss that applies the head in
+  // tiles of the vocabulary (loss/cross_entropy.h). Valid until the next call.
+  std::span<const float> forward_hidden(std::span<const int32_t> tokens);
+  // The output head, when it is in DRAM (null when it streams from flash).
+  const Matrix* output_head() const;
+  ThreadPool& pool() const { return pool_; }
 
   int n_past() const { return n_past_; }
   int context_size() const { return options_.context_size; }
@@ -76,7 +86,9 @@ class Transformer {
                                 int threads);
 
  private:
-  void forward_batch(std::span<const int32_t> tokens, bool all_logits);
+  void check_tokens(std::span<const int32_t> tokens) const;
+  // The layers over `tokens`; then the output head unless `hidden_only`.
+  void forward_batch(std::span<const int32_t> tokens, bool all_logits, bool hidden_only = false);
   void attention(int layer, const LayerWeights& w, int64_t n_tokens);
 
   const ModelConfig& config_;

@@ -20,6 +20,8 @@ class WeightStream {
   // logits[t * vocab ...] = output x[t * d_model ...] for t < n_tokens, when the output head
   // streams; false when it is resident (the caller computes it).
   virtual bool output(const float* x, int64_t n_tokens, float* logits) = 0;
+  // Whether output() computes the head (it is not in DRAM).
+  virtual bool streams_output() const = 0;
 };
 
 }  // namespace flashlm
