@@ -56,5 +56,6 @@ void register_train_predictor_command(CLI::App& app);
 void register_serve_command(CLI::App& app);
 void register_chat_command(CLI::App& app);
 void register_probe_command(CLI::App& app);
+void register_finetune_command(CLI::App& app);
 
 }  // namespace flashlm

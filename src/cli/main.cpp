@@ -181,6 +181,7 @@ int main(int argc, char** argv) {
   flashlm::register_serve_command(app);
   flashlm::register_chat_command(app);
   flashlm::register_run_command(app);
+  flashlm::register_finetune_command(app);
   flashlm::register_perplexity_command(app);
   flashlm::register_info_command(app);
   flashlm::register_convert_command(app);

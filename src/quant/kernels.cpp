@@ -642,7 +642,51 @@ HWY_INLINE void dequantize_int8_block(const int8_t* q, float scale, float* y) {
 
 }  // namespace
 
+namespace {
+
+// Every group of a row unpacked as the dot kernels unpack it, then d * w + block minimum in
+// float lanes: value i of a group is d * w[i] + block_min[i / 32] (see "Unpacking").
+template <TensorType T>
+void dequantize_groups(const uint8_t* row, float* dst, int64_t n) {
+  constexpr int64_t kCount = kGroup<T>;
+  alignas(64) int16_t w[kCount];
+  float block_min[kCount / kQK] = {};
+  const hn::CappedTag<float, 8> df;
+  const hn::Rebind<int16_t, decltype(df)> d16;
+  const hn::Rebind<int32_t, decltype(df)> d32;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t g = 0; g < n / kCount; ++g) {
+    const auto vd = hn::Set(df, unpack_group<T>(row, g, w, block_min));
+    for (int64_t b = 0; b < kCount / kQK; ++b) {
+      const auto vm = hn::Set(df, is_asymmetric(T) ? block_min[b] : 0.0f);
+      for (int64_t i = b * kQK; i < (b + 1) * kQK; i += lanes) {
+        const auto v = hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d16, w + i)));
+        hn::StoreU(hn::MulAdd(v, vd, vm), df, dst + g * kCount + i);
+      }
+    }
+  }
+}
+
+// The quantized types dequantize_groups decodes (all but Q8_0's own path, F16 and F32).
+bool dequantize_by_groups(TensorType type, const void* src, float* dst, int64_t n) {
+  const auto* row = static_cast<const uint8_t*>(src);
+  switch (type) {
+    case TensorType::Q4_0: if (n % kGroup<TensorType::Q4_0> == 0) return dequantize_groups<TensorType::Q4_0>(row, dst, n), true; break;
+    case TensorType::Q4_1: if (n % kGroup<TensorType::Q4_1> == 0) return dequantize_groups<TensorType::Q4_1>(row, dst, n), true; break;
+    case TensorType::Q5_0: if (n % kGroup<TensorType::Q5_0> == 0) return dequantize_groups<TensorType::Q5_0>(row, dst, n), true; break;
+    case TensorType::Q5_1: if (n % kGroup<TensorType::Q5_1> == 0) return dequantize_groups<TensorType::Q5_1>(row, dst, n), true; break;
+    case TensorType::Q4_K: if (n % kGroup<TensorType::Q4_K> == 0) return dequantize_groups<TensorType::Q4_K>(row, dst, n), true; break;
+    case TensorType::Q5_K: if (n % kGroup<TensorType::Q5_K> == 0) return dequantize_groups<TensorType::Q5_K>(row, dst, n), true; break;
+    case TensorType::Q6_K: if (n % kGroup<TensorType::Q6_K> == 0) return dequantize_groups<TensorType::Q6_K>(row, dst, n), true; break;
+    default: break;
+  }
+  return false;
+}
+
+}  // namespace
+
 void dequantize_row_kernel(TensorType type, const void* src, float* dst, int64_t n) {
+  if (dequantize_by_groups(type, src, dst, n)) return;
   if (type == TensorType::Q8_0 && n % kQK == 0) {
     const auto* b = static_cast<const BlockQ8_0*>(src);
     for (int64_t i = 0; i < n / kQK; ++i) {
@@ -711,17 +755,37 @@ void axpy_row_kernel(TensorType type, const void* row, float a, float* y, int64_
   const int64_t slice = std::max(block, kSlice / block * block);
   for (int64_t i = 0; i < n; i += slice) {
     const int64_t m = std::min(slice, n - i);
-    dequantize_row_reference(type, static_cast<const uint8_t*>(row) + i / block * block_bytes,
-                             buffer, m);
+    dequantize_row_kernel(type, static_cast<const uint8_t*>(row) + i / block * block_bytes,
+                          buffer, m);
     axpy_f32_kernel(a, buffer, y + i, m);
   }
 }
 
 void axpy_row_tokens_kernel(TensorType type, const void* row, const float* a, int64_t n_tokens,
                             float* y, int64_t ldy, int64_t n) {
-  if (type != TensorType::Q8_0) {
+  if (type == TensorType::F32 || type == TensorType::F16) {
     for (int64_t t = 0; t < n_tokens; ++t) {
       if (a[t] != 0.0f) axpy_row_kernel(type, row, a[t], y + t * ldy, n);
+    }
+    return;
+  }
+  if (type != TensorType::Q8_0) {
+    // The row decoded once (as axpy_row decodes it, slice by slice), then each token's
+    // multiply-adds exactly as axpy_row does them.
+    thread_local std::vector<float> values;
+    if (static_cast<int64_t>(values.size()) < n) values.resize(static_cast<size_t>(n));
+    const int64_t block = type_traits(type).block_size;
+    const size_t block_bytes = type_traits(type).block_bytes;
+    const int64_t slice = std::max<int64_t>(block, 256 / block * block);
+    for (int64_t i = 0; i < n; i += slice) {
+      dequantize_row_kernel(type, static_cast<const uint8_t*>(row) + i / block * block_bytes,
+                            values.data() + i, std::min(slice, n - i));
+    }
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      if (a[t] == 0.0f) continue;
+      for (int64_t i = 0; i < n; i += slice) {
+        axpy_f32_kernel(a[t], values.data() + i, y + t * ldy + i, std::min(slice, n - i));
+      }
     }
     return;
   }
@@ -866,7 +930,7 @@ void matmul_rows(TensorType type, const uint8_t* weights, size_t stride, const P
 }
 
 bool has_dequantize_kernel(TensorType type) {
-  return type == TensorType::F16 || type == TensorType::Q8_0;
+  return type != TensorType::F32 && type != TensorType::BF16;
 }
 
 void dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {

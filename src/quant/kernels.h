@@ -54,8 +54,9 @@ void matvec_rows(TensorType type, const uint8_t* weights, size_t row_stride_byte
 void matmul_rows(TensorType type, const uint8_t* weights, size_t row_stride_bytes,
                  const PreparedInput* xs, int64_t n_tokens, int64_t row_begin, int64_t row_end,
                  float* y, int64_t ldy);
-// dst = the n values of a row of `type`: vector kernels for F16 and Q8_0 (the down columns
-// of a .flm, the embedding rows of most models), the scalar reference for the other types.
+// dst = the n values of a row of `type`: vector kernels for F16, Q8_0 and (rows of whole
+// groups) the other quantized types, unpacked as the dot kernels unpack them; the scalar
+// reference for BF16 and partial groups.
 void dequantize_row(TensorType type, const void* src, float* dst, int64_t n);
 bool has_dequantize_kernel(TensorType type);
 // dst = n floats encoded as `type`, bit for bit as quantize_row_reference (F16 in vector lanes).

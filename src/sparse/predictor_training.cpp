@@ -7,6 +7,7 @@
 #include <numeric>
 #include <random>
 
+#include "common/adam.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "engine/model.h"
@@ -84,21 +85,6 @@ std::vector<int32_t> outlier_neurons(const PredictorSamples& samples, float pin_
 
 namespace {
 
-struct Adam {
-  std::vector<float> m, v;
-  explicit Adam(size_t n) : m(n), v(n) {}
-  void step(std::vector<float>& w, const std::vector<float>& g, float lr, int t) {
-    constexpr float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
-    const float c1 = 1.0f / (1.0f - std::pow(b1, static_cast<float>(t)));
-    const float c2 = 1.0f / (1.0f - std::pow(b2, static_cast<float>(t)));
-    for (size_t i = 0; i < w.size(); ++i) {
-      m[i] = b1 * m[i] + (1 - b1) * g[i];
-      v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
-      w[i] -= lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
-    }
-  }
-};
-
 float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 
 }  // namespace
@@ -133,7 +119,7 @@ LayerPredictor train_layer_predictor(const PredictorSamples& s, int rank,
   for (float& w : p.a) w = normal(rng) / std::sqrt(static_cast<float>(d));
   for (float& w : p.b) w = normal(rng) / std::sqrt(static_cast<float>(rank));
 
-  Adam adam_a(p.a.size()), adam_b(p.b.size()), adam_bias(p.bias.size());
+  AdamW adam_a(p.a.size()), adam_b(p.b.size()), adam_bias(p.bias.size());
   std::vector<float> ga(p.a.size()), gb(p.b.size()), gbias(p.bias.size());
   std::vector<float> x(d), hidden(rank), dhidden(rank), z(d_ff);
   std::vector<int64_t> order(n_train);

@@ -80,6 +80,7 @@ void write_tiny_model(const std::string& path, const TinyModelSpec& s) {
   w.add_uint32(a + ".attention.head_count_kv", s.n_kv_heads);
   w.add_float32(a + ".rope.freq_base", 10000.f);
   w.add_float32(a + ".attention.layer_norm_rms_epsilon", 1e-5f);
+  if (a == "gemma3") w.add_uint32(a + ".attention.sliding_window", 4);  // layers 0-4 local
 
   std::vector<std::string> tokens = byte_tokens();
   std::vector<int32_t> types(tokens.size(), 1);
@@ -119,6 +120,12 @@ void write_tiny_model(const std::string& path, const TinyModelSpec& s) {
     matrix(p + "attn_k.weight", s.n_kv_heads * head_dim, s.d_model);
     matrix(p + "attn_v.weight", s.n_kv_heads * head_dim, s.d_model);
     matrix(p + "attn_output.weight", s.d_model, s.n_heads * head_dim);
+    if (a == "gemma3") {
+      vector(p + "attn_q_norm.weight", head_dim, 1.0f, 0.1f);
+      vector(p + "attn_k_norm.weight", head_dim, 1.0f, 0.1f);
+      vector(p + "post_attention_norm.weight", s.d_model, 1.0f, 0.1f);
+      vector(p + "post_ffw_norm.weight", s.d_model, 1.0f, 0.1f);
+    }
     if (a == "qwen2") {
       vector(p + "attn_q.bias", s.n_heads * head_dim, 0.f, 0.1f);
       vector(p + "attn_k.bias", s.n_kv_heads * head_dim, 0.f, 0.1f);

@@ -10,7 +10,8 @@
 namespace flashlm::testing {
 
 struct TinyModelSpec {
-  std::string architecture = "llama";  // "llama" or "qwen2"
+  // "llama", "qwen2" or "gemma3" (with its q/k and post norms, GELU, a sliding window of 4)
+  std::string architecture = "llama";
   int n_layers = 2;
   int d_model = 64;
   int d_ff = 128;

@@ -1,0 +1,149 @@
+// flashlm finetune's parts: the training data (text sequences, chat samples with the loss on
+// the assistant turns), a fresh adapter that changes nothing, the training forward against
+// the inference engine with the same adapter, and both optimizers lowering the loss.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "support/test_model.h"
+#include "train/finetune.h"
+#include "train/lora_trainer.h"
+
+namespace flashlm {
+namespace {
+
+std::unique_ptr<Model> tiny(const std::string& name, uint64_t seed = 3) {
+  const std::string path = testing::temp_path(name + ".gguf");
+  testing::write_tiny_model(path, {.seed = seed});
+  return Model::load(path);
+}
+
+const std::string kText =
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife. However little known the feelings or views of such a man may be "
+    "on his first entering a neighbourhood, this truth is so well fixed in the minds of the "
+    "surrounding families, that he is considered the rightful property of some one or other of "
+    "their daughters.";
+
+TEST(Finetune, TextIsCutIntoSequences) {
+  const auto model = tiny("ft-text");
+  const std::vector<TrainingSample> s = text_samples(model->tokenizer, kText, 31);
+  const size_t tokens = model->tokenizer.encode(kText, false, false).size();
+  ASSERT_EQ(s.size(), tokens / 32);  // whole sequences of 32; the tail dropped
+  for (const TrainingSample& x : s) {
+    EXPECT_EQ(x.tokens.size(), 32u);
+    EXPECT_EQ(x.targets(), 31);
+  }
+  EXPECT_THROW(text_samples(model->tokenizer, "a", 31), Error);
+}
+
+TEST(Finetune, ChatSamplesCountOnlyTheAssistantTurns) {
+  const auto model = tiny("ft-chat");
+  const std::string jsonl =
+      R"({"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there"}, {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Hello"}]})"
+      "\n\n"
+      R"({"messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Name a colour"}, {"role": "assistant", "content": "Blue"}]})"
+      "\n";
+  const std::vector<TrainingSample> s = chat_samples(model->tokenizer, jsonl, 512);
+  ASSERT_EQ(s.size(), 2u);
+  // The counted targets, decoded: the assistant's words and the end of its turn, nothing else.
+  std::string learned;
+  for (size_t i = 0; i < s[0].mask.size(); ++i) {
+    if (s[0].mask[i] != 0) learned += model->tokenizer.token_piece(s[0].tokens[i + 1]);
+  }
+  EXPECT_NE(learned.find("Hi there"), std::string::npos) << learned;
+  EXPECT_NE(learned.find("Hello"), std::string::npos) << learned;
+  EXPECT_EQ(learned.find("Say hi"), std::string::npos) << learned;
+  EXPECT_EQ(learned.find("Again"), std::string::npos) << learned;
+  auto error = [&](const std::string& data) {
+    try {
+      chat_samples(model->tokenizer, data, 512);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(error("{\"messages\": [}\n").find("line 1"), std::string::npos);
+  EXPECT_NE(error(R"({"messages": [{"role": "user", "content": "x"}]})").find("no assistant"), std::string::npos);
+  EXPECT_NE(error(R"({"messages": [{"role": "robot", "content": "x"}]})").find("role 'robot'"), std::string::npos);
+}
+
+TEST(Finetune, AFreshAdapterChangesNothing) {
+  const auto model = tiny("ft-fresh");
+  const LoraAdapter a = new_adapter(model->config, 4, 8, parse_lora_targets("all"), 1);
+  const std::string path = testing::temp_path("fresh.lora.gguf");
+  a.save(path);
+  const std::vector<int32_t> prompt = {72, 101, 108, 108, 111};
+  Engine base(*model, {.threads = 1});
+  Engine adapted(*model, {.threads = 1, .lora = {{path, 1.0f}}});
+  const auto x = base.transformer().forward(prompt);
+  const auto y = adapted.transformer().forward(prompt);
+  EXPECT_EQ(std::vector<float>(x.begin(), x.end()), std::vector<float>(y.begin(), y.end()));
+}
+
+// The training forward (float attention, whole sequence at once) against the inference
+// engine with the same adapter (KV cache, token by token): the same next-token losses.
+TEST(Finetune, TrainingForwardEqualsInferenceWithTheAdapter) {
+  for (const char* arch : {"llama", "qwen2", "gemma3"}) {
+    SCOPED_TRACE(arch);
+    const std::string path = testing::temp_path(std::string("ft-twin-") + arch + ".gguf");
+    testing::write_tiny_model(path, {.architecture = arch, .seed = 5});
+    const auto model = Model::load(path);
+    LoraAdapter a = new_adapter(model->config, 3, 6, parse_lora_targets("all"), 2);
+    for (auto& layer : a.layers) {
+      for (LoraPair& p : layer) {
+        for (size_t i = 0; i < p.b.size(); ++i) p.b[i] = 0.05f * std::sin(0.3f * i);
+      }
+    }
+    const std::string adapter_path = testing::temp_path(std::string("twin-") + arch + ".lora.gguf");
+    a.save(adapter_path);
+    const std::vector<int32_t> tokens = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114, 111, 119};
+    ThreadPool pool(2);
+    LoraTrainer trainer(model->config, model->weights, a, 1.0f, pool, 32);
+    Engine engine(*model, {.threads = 2, .cache_type_k = "f32", .cache_type_v = "f32",
+                           .lora = {{adapter_path, 1.0f}}});
+    for (size_t t = 0; t + 1 < tokens.size(); ++t) {
+      const auto logits = engine.transformer().forward(std::span(&tokens[t], 1));
+      const float m = *std::max_element(logits.begin(), logits.end());
+      double s = 0;
+      for (float l : logits) s += std::exp(double{l} - m);
+      const double nll = m + std::log(s) - logits[tokens[t + 1]];
+      std::vector<float> weight(tokens.size() - 1, 0.0f);
+      weight[t] = 1;
+      EXPECT_NEAR(trainer.loss(tokens, weight), nll, 2e-4 * (1 + nll)) << "target " << t;
+    }
+  }
+}
+
+TEST(Finetune, BothOptimizersLowerTheLoss) {
+  const auto model = tiny("ft-train", 9);
+  ThreadPool pool(2);
+  const std::vector<TrainingSample> train = text_samples(model->tokenizer, kText + kText, 24);
+  for (const char* optimizer : {"adamw", "mezo"}) {
+    SCOPED_TRACE(optimizer);
+    LoraAdapter a = new_adapter(model->config, 4, 8, parse_lora_targets("all"), 4);
+    const double before = evaluate_loss(model->config, model->weights, a, train, 0, pool, 32);
+    const bool mezo = std::string(optimizer) == "mezo";
+    FinetuneOptions o{.steps = mezo ? 60 : 30, .lr = mezo ? 2e-3f : 1e-2f, .warmup = 2,
+                      .eval_every = 0, .optimizer = optimizer};
+    std::vector<double> losses;
+    finetune(model->config, model->weights, a, train, {}, o, pool,
+             [&](const StepReport& r) { losses.push_back(r.loss); });
+    ASSERT_EQ(losses.size(), static_cast<size_t>(o.steps));
+    const double after = evaluate_loss(model->config, model->weights, a, train, 0, pool, 32);
+    std::printf("%s: training loss %.4f -> %.4f\n", optimizer, before, after);
+    EXPECT_LT(after, before - (mezo ? 0.01 : 0.5));
+    // What was trained is what --lora applies.
+    const std::string path = testing::temp_path(std::string("trained-") + optimizer + ".gguf");
+    a.save(path);
+    LoraAdapter loaded = LoraAdapter::load(path, model->config);
+    EXPECT_NEAR(evaluate_loss(model->config, model->weights, loaded, train, 0, pool, 32), after, 1e-6);
+  }
+}
+
+}  // namespace
+}  // namespace flashlm
