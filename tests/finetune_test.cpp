@@ -145,5 +145,47 @@ TEST(Finetune, BothOptimizersLowerTheLoss) {
   }
 }
 
+// Six steps straight, or three, a checkpoint, and three more resumed from it: the same adapter,
+// bit for bit (AdamW's moments, the step, the data order and its random state all restored).
+TEST(Finetune, ResumingFromACheckpointContinuesExactly) {
+  const auto model = tiny("ft-resume", 13);
+  ThreadPool pool(2);
+  const std::vector<TrainingSample> train = text_samples(model->tokenizer, kText + kText, 16);
+  ASSERT_GE(train.size(), 4u);
+  for (const char* optimizer : {"adamw", "mezo"}) {
+    SCOPED_TRACE(optimizer);
+    FinetuneOptions o{.batch = 3, .steps = 6, .lr = 5e-3f, .warmup = 2, .eval_every = 0,
+                      .optimizer = optimizer};
+    LoraAdapter straight = new_adapter(model->config, 2, 4, parse_lora_targets("attn_q,ffn_down"), 7);
+    finetune(model->config, model->weights, straight, train, {}, o, pool, [](const StepReport&) {});
+
+    // The same run stopped during step 4, after step 3's checkpoint was written.
+    FinetuneOptions run = o;
+    run.checkpoint_every = 3;
+    run.checkpoint_path = testing::temp_path(std::string("resume-") + optimizer + ".checkpoint");
+    LoraAdapter stopped = new_adapter(model->config, 2, 4, parse_lora_targets("attn_q,ffn_down"), 7);
+    struct Stop {};
+    try {
+      finetune(model->config, model->weights, stopped, train, {}, run, pool, [](const StepReport& r) {
+        if (r.step == 4) throw Stop{};
+      });
+    } catch (const Stop&) {
+    }
+    LoraAdapter resumed = new_adapter(model->config, 2, 4, parse_lora_targets("attn_q,ffn_down"), 99);
+    FinetuneOptions rest = o;
+    rest.resume_path = run.checkpoint_path;
+    std::vector<int> steps_seen;
+    finetune(model->config, model->weights, resumed, train, {}, rest, pool,
+             [&](const StepReport& r) { steps_seen.push_back(r.step); });
+    EXPECT_EQ(steps_seen, (std::vector<int>{4, 5, 6}));
+    for (size_t l = 0; l < straight.layers.size(); ++l) {
+      for (int t = 0; t < kLoraTargets; ++t) {
+        EXPECT_EQ(resumed.layers[l][t].a, straight.layers[l][t].a);
+        EXPECT_EQ(resumed.layers[l][t].b, straight.layers[l][t].b);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashlm

@@ -12,13 +12,14 @@
 #include "common/thread_pool.h"
 #include "engine/model.h"
 #include "train/finetune.h"
+#include "train/loss_plot.h"
 
 namespace flashlm {
 namespace {
 
 struct FinetuneCliOptions {
   CommonOptions common;
-  std::string train_file, eval_file, output = "adapter.gguf", modules = "all", loss_csv;
+  std::string train_file, eval_file, output = "adapter.gguf", modules = "all", loss_csv, plot;
   int rank = 8;
   float alpha = 16;
   int epochs = 0;
@@ -48,6 +49,7 @@ void run_finetune(FinetuneCliOptions& o) {
     t.steps = static_cast<int>((static_cast<int64_t>(o.epochs) * train.size() + t.batch - 1) / t.batch);
   }
   LoraAdapter adapter = new_adapter(model->config, o.rank, o.alpha, targets, t.seed);
+  if (t.checkpoint_every > 0) t.checkpoint_path = o.output + ".checkpoint";
   std::fprintf(stderr,
                "finetune: %s, LoRA rank %d alpha %g on %s (%.2f M parameters), %zu training "
                "sequences of up to %d tokens, %zu held out; %d %s steps of %d sequences, lr %g\n",
@@ -62,8 +64,11 @@ void run_finetune(FinetuneCliOptions& o) {
     *csv << "step,loss,eval_loss,lr,seconds\n";
   }
   double first_eval = NAN, last_eval = NAN, seconds = 0;
+  std::vector<LossPoint> train_curve, eval_curve;
   finetune(model->config, model->weights, adapter, train, eval, t, pool, [&](const StepReport& r) {
     seconds += r.seconds;
+    if (r.step > 0) train_curve.push_back({r.step, r.loss});
+    if (r.evaluated) eval_curve.push_back({r.step, r.eval_loss});
     if (r.evaluated) {
       if (std::isnan(first_eval)) first_eval = r.eval_loss;
       last_eval = r.eval_loss;
@@ -84,6 +89,9 @@ void run_finetune(FinetuneCliOptions& o) {
     }
   });
   adapter.save(o.output, model->config.name);
+  const std::string plot = o.plot.empty() ? o.output + ".loss.png" : o.plot;
+  write_loss_plot(plot, train_curve, eval_curve, t.steps);
+  std::printf("loss curve: %s\n", plot.c_str());
   std::printf("wrote %s (%.2f M parameters) after %d steps in %.1f s (%.2f s/step), peak RSS %.0f MiB",
               o.output.c_str(), adapter.parameters() / 1e6, t.steps, seconds, seconds / t.steps,
               peak_resident_set_bytes() / 1048576.0);
@@ -155,6 +163,13 @@ void register_finetune_command(CLI::App& app) {
       ->check(CLI::IsMember({"adamw", "mezo"}))
       ->capture_default_str();
   cmd->add_option("--mezo-eps", o->train.mezo_eps, "MeZO's perturbation size")->capture_default_str();
+  cmd->add_option("--checkpoint-every", o->train.checkpoint_every,
+                  "Steps between checkpoints of the whole training state (OUTPUT.checkpoint)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--resume", o->train.resume_path,
+                  "Continue from a checkpoint (same data, -c, --lora-rank, --lora-modules)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--loss-plot", o->plot, "The loss curve's PNG (default: OUTPUT.loss.png)");
   cmd->add_option("--loss-csv", o->loss_csv, "Write the loss curve (step, loss, held-out loss) here");
   cmd->callback([o] { run_finetune(*o); });
 }

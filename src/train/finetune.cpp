@@ -2,13 +2,19 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <numeric>
 #include <random>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
+#include <sstream>
+
 #include "common/adam.h"
 #include "common/error.h"
+#include "gguf/gguf.h"
+#include "gguf/gguf_writer.h"
 #include "train/lora_trainer.h"
 
 namespace flashlm {
@@ -136,6 +142,106 @@ void perturb(LoraAdapter& adapter, uint64_t seed, float scale) {
   }
 }
 
+// The training state: the adapter, each matrix's AdamW moments, and where the loop stands.
+struct TrainingState {
+  int step = 0;  // steps done
+  std::vector<size_t> order;
+  size_t next = 0;
+  std::mt19937_64 rng;
+};
+
+std::span<const uint8_t> float_bytes(const std::vector<float>& v) {
+  return {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)};
+}
+
+void save_checkpoint(const std::string& path, const LoraAdapter& adapter,
+                     const std::vector<AdamW>& adam, const TrainingState& state,
+                     const FinetuneOptions& o) {
+  GgufWriter w;
+  w.add_string("general.type", "flashlm-finetune-checkpoint");
+  w.add_string("general.architecture", adapter.architecture);
+  w.add_float32("adapter.lora.alpha", adapter.alpha);
+  w.add_string("finetune.optimizer", o.optimizer);
+  w.add_uint64("finetune.step", static_cast<uint64_t>(state.step));
+  w.add_uint64("finetune.next", state.next);
+  w.add_uint64_array("finetune.order", std::vector<uint64_t>(state.order.begin(), state.order.end()));
+  std::ostringstream rng;
+  rng << state.rng;
+  w.add_string("finetune.rng", rng.str());
+  size_t k = 0;
+  for (size_t l = 0; l < adapter.layers.size(); ++l) {
+    for (int t = 0; t < kLoraTargets; ++t) {
+      const LoraPair& p = adapter.layers[l][t];
+      if (p.empty()) continue;
+      const std::string base = "blk." + std::to_string(l) + "." + lora_target_name(static_cast<LoraTarget>(t));
+      w.add_tensor_view(base + ".lora_a", TensorType::F32, {p.in, p.rank}, float_bytes(p.a));
+      w.add_tensor_view(base + ".lora_b", TensorType::F32, {p.rank, p.out}, float_bytes(p.b));
+      for (const char* which : {".lora_a", ".lora_b"}) {
+        if (k >= adam.size()) continue;  // MeZO keeps no moments
+        const AdamW& a = adam[k++];
+        const int64_t n = static_cast<int64_t>(a.m.size());
+        w.add_tensor_view(base + which + ".adam_m", TensorType::F32, {n}, float_bytes(a.m));
+        w.add_tensor_view(base + which + ".adam_v", TensorType::F32, {n}, float_bytes(a.v));
+      }
+    }
+  }
+  const std::string tmp = path + ".tmp";
+  w.write(tmp);
+  std::filesystem::rename(tmp, path);
+}
+
+void load_checkpoint(const std::string& path, LoraAdapter& adapter, std::vector<AdamW>& adam,
+                     TrainingState& state, const FinetuneOptions& o) {
+  const std::unique_ptr<GgufFile> f = GgufFile::open(path);
+  if (f->find_string("general.type").value_or("") != "flashlm-finetune-checkpoint") {
+    fail("{} is not a flashlm finetune checkpoint (--checkpoint-every writes them)", path);
+  }
+  if (f->find_string("finetune.optimizer").value_or("") != o.optimizer) {
+    fail("{} was written by --optimizer {}, not {}", path,
+         f->find_string("finetune.optimizer").value_or("?"), o.optimizer);
+  }
+  state.step = static_cast<int>(f->get_uint("finetune.step"));
+  state.next = f->get_uint("finetune.next");
+  const std::vector<int64_t> order = f->get_int_array("finetune.order");
+  if (order.size() != state.order.size() || state.next > order.size()) {
+    fail("{} was trained on {} sequences; this data gives {}: resume with the same data and -c",
+         path, order.size(), state.order.size());
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (order[i] < 0 || static_cast<size_t>(order[i]) >= order.size()) fail("{}: a corrupt data order", path);
+    state.order[i] = static_cast<size_t>(order[i]);
+  }
+  std::istringstream rng(f->get_string("finetune.rng"));
+  rng >> state.rng;
+  if (!rng) fail("{}: a corrupt random state", path);
+  auto read = [&](const std::string& name, std::vector<float>& out) {
+    const GgufTensor* t = f->find_tensor(name);
+    if (!t || t->type != TensorType::F32 || static_cast<size_t>(t->elements()) != out.size()) {
+      fail("{}: tensor {} is missing or not the shape this adapter has (resume with the same "
+           "--lora-rank and --lora-modules)",
+           path, name);
+    }
+    const std::span<const uint8_t> data = f->tensor_data(*t);
+    std::memcpy(out.data(), data.data(), out.size() * sizeof(float));
+  };
+  size_t k = 0;
+  for (size_t l = 0; l < adapter.layers.size(); ++l) {
+    for (int t = 0; t < kLoraTargets; ++t) {
+      LoraPair& p = adapter.layers[l][t];
+      if (p.empty()) continue;
+      const std::string base = "blk." + std::to_string(l) + "." + lora_target_name(static_cast<LoraTarget>(t));
+      read(base + ".lora_a", p.a);
+      read(base + ".lora_b", p.b);
+      for (const char* which : {".lora_a", ".lora_b"}) {
+        if (k >= adam.size()) continue;
+        AdamW& a = adam[k++];
+        read(base + which + ".adam_m", a.m);
+        read(base + which + ".adam_v", a.v);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 float learning_rate(const FinetuneOptions& o, int step) {
@@ -188,13 +294,19 @@ void finetune(const ModelConfig& config, const ModelWeights& weights, LoraAdapte
   auto held_out = [&] {
     return evaluate_loss(config, weights, adapter, eval, o.eval_samples, pool, max_tokens);
   };
-  if (!eval.empty()) report({.step = 0, .steps = o.steps, .evaluated = true, .eval_loss = held_out()});
-  std::vector<size_t> order(train.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::mt19937_64 rng(o.seed);
-  std::shuffle(order.begin(), order.end(), rng);
-  size_t next = 0;
-  for (int step = 1; step <= o.steps; ++step) {
+  TrainingState state;
+  state.order.resize(train.size());
+  std::iota(state.order.begin(), state.order.end(), 0);
+  state.rng.seed(o.seed);
+  std::shuffle(state.order.begin(), state.order.end(), state.rng);
+  if (!o.resume_path.empty()) load_checkpoint(o.resume_path, adapter, adam, state, o);
+  std::vector<size_t>& order = state.order;
+  size_t& next = state.next;
+  std::mt19937_64& rng = state.rng;
+  if (!eval.empty() && state.step == 0) {
+    report({.step = 0, .steps = o.steps, .evaluated = true, .eval_loss = held_out()});
+  }
+  for (int step = state.step + 1; step <= o.steps; ++step) {
     const auto start = std::chrono::steady_clock::now();
     for (auto& layer : grad.layers) {  // (empty for MeZO)
       for (LoraPair& p : layer) {
@@ -256,6 +368,11 @@ void finetune(const ModelConfig& config, const ModelWeights& weights, LoraAdapte
       r.eval_loss = held_out();
     }
     report(r);
+    state.step = step;
+    if (o.checkpoint_every > 0 && (step % o.checkpoint_every == 0 || step == o.steps)) {
+      if (o.checkpoint_path.empty()) fail("internal error: checkpoints without a path");
+      save_checkpoint(o.checkpoint_path, adapter, adam, state, o);
+    }
   }
 }
 

@@ -58,6 +58,12 @@ struct FinetuneOptions {
   // baseline the MeBP paper compares with.
   std::string optimizer = "adamw";
   float mezo_eps = 1e-3f;  // MeZO's perturbation size
+  // Every checkpoint_every steps (0: never) the whole training state (adapter, AdamW moments,
+  // step, data order) goes to checkpoint_path, written under a temporary name and renamed;
+  // resume_path continues from such a file exactly where it stopped.
+  int checkpoint_every = 0;
+  std::string checkpoint_path;
+  std::string resume_path;
 };
 
 float learning_rate(const FinetuneOptions& o, int step);  // step 1..steps
