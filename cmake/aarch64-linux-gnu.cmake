@@ -12,6 +12,6 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(ENV{PKG_CONFIG_LIBDIR} "/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig")
 set(ENV{PKG_CONFIG_PATH} "")
 # CTest (and gtest_discover_tests) run the test binary through the emulator, CPU "max" (every
-# ARMv8/v9 extension qemu knows; the kernels use NEON: SVE targets are not compiled, see
-# CMakeLists.txt).
+# ARMv8/v9 extension qemu knows, SVE2 with 512-bit vectors by default in user mode; the kernel
+# tests run the SVE2, SVE, NEON and EMU128 targets; scripts/arm64.sh tests other lengths).
 set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-cpu;max;-L;/)

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # ARM64: cross-builds flashlm with Debian's aarch64 toolchain and multiarch libraries into
 # build-arm64/ (cmake/aarch64-linux-gnu.cmake) and runs the unit tests under qemu-aarch64
-# (user-mode emulation, CPU "max"; the kernels run their NEON target), then real-model
-# reference tests (against llama.cpp's vectors) through the ARM binary.
+# (user-mode emulation, CPU "max": SVE2 with 512-bit vectors; the kernel tests run every
+# target the emulated CPU supports: SVE2, SVE, NEON, EMU128, and the engine runs SVE2), then
+# the kernel tests again at other SVE vector lengths: 128 bits (where SVE2_128 runs too), 256
+# (SVE_256 too), 384 (not a power of two), 1024 and 2048, then real-model reference tests
+# (against llama.cpp's vectors) through the ARM binary.
 #
 #   scripts/arm64.sh                 # install what is missing, build, test
 #   ARM64_EXCLUDE='regex' scripts/arm64.sh
+#   ARM64_SVE_VQ='1 2' scripts/arm64.sh   # SVE lengths in 128-bit units ('' for none)
 #
 # Left out by default, and why (ARM64_EXCLUDE, a ctest -E regex, replaces the list):
 #   server_api, memory_budget, finetune_cli
@@ -23,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-arm64}
 exclude=${ARM64_EXCLUDE:-'^server_api$|^memory_budget$|^finetune_cli$|^Models/Reference\.|^Models/LoraReference\.|^Speculative\.RealModel'}
+sve_vq=${ARM64_SVE_VQ-1 2 3 8 16}
 
 host_packages=(g++-aarch64-linux-gnu qemu-user cmake ninja-build pkg-config libcli11-dev
                nlohmann-json3-dev)
@@ -75,6 +80,22 @@ fi
 export FLASHLM_TEST_SLOWDOWN=${FLASHLM_TEST_SLOWDOWN:-10}
 echo "== kernels on this emulated CPU: $("${qemu[@]}" "$build_dir/flashlm" --version 2>&1 | tail -1)"
 ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" --timeout 900 -E "$exclude"
+
+# The kernels at other SVE vector lengths (qemu's user mode gives 512 bits unless told): every
+# kernel on every target the CPU then supports, against the scalar reference.
+for vq in $sve_vq; do
+  cpu="max,sve-max-vq=$vq,sve-default-vector-length=$((16 * vq))"
+  echo "== kernel tests, SVE vectors of $((128 * vq)) bits:" \
+    "$(qemu-aarch64 -cpu "$cpu" -L / "$build_dir/flashlm" --version 2>&1 | tail -1)"
+  log="$build_dir/sve_vq$vq.log"
+  if ! qemu-aarch64 -cpu "$cpu" -L / "$build_dir/flashlm_tests" \
+      --gtest_filter='*Quant*:*Types*:*Kernel*:*Sparse*' > "$log" 2>&1; then
+    grep -E "^\[  FAILED  \]|Failure" "$log" | head -20
+    echo "arm64: kernel tests failed at $((128 * vq))-bit SVE vectors ($log)" >&2
+    exit 1
+  fi
+  grep -E "^\[  PASSED  \]" "$log"
+done
 tested=$(date +%s)
 
 # Real models through the ARM build, against llama.cpp's vectors (tests/data/reference): the

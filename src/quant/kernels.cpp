@@ -1,7 +1,10 @@
 // Highway's dynamic dispatch: this file is compiled once for every target (foreach_target.h
 // includes it again per target: scalar emulation, SSSE3, SSE4, AVX2, AVX-512, AVX-512 with
-// VNNI on x86; NEON and SVE on ARM), each copy in its own namespace flashlm::N_<TARGET>, and
-// the functions of kernels.h pick the best one the CPU supports at their first call.
+// VNNI on x86; NEON, SVE, SVE2, SVE_256 and SVE2_128 on ARM64), each copy in its own namespace
+// flashlm::N_<TARGET>, and the functions of kernels.h pick the best one the CPU supports at
+// their first call. SVE's vectors are sizeless: no arrays or struct members of vectors here,
+// and no loop that assumes the vector length at compile time where only Lanes() knows it
+// (kFixedLanes).
 #include "quant/kernels.h"
 
 #include <algorithm>
@@ -24,6 +27,12 @@ HWY_BEFORE_NAMESPACE();
 // Highway 1.0's AVX3_DL compiles for AVX-VNNI, not AVX-512 VNNI, although it runs only where
 // the CPU has AVX-512 VNNI (its runtime check): allowed here for vpdpwssd (madd_accumulate).
 #pragma GCC target("avx512vnni")
+#endif
+#if (HWY_TARGET == HWY_SVE_256 || HWY_TARGET == HWY_SVE2_128) && HWY_COMPILER_GCC_ACTUAL
+// GCC 12.2 crashes (internal compiler error in tree_to_uhwi, during its loop distribution
+// pass) on matmul_quantized<Q8_0> for the two SVE targets of fixed vector length; that pass
+// is off for them (HWY_AFTER_NAMESPACE restores the options).
+#pragma GCC optimize("no-tree-loop-distribution")
 #endif
 namespace flashlm {
 namespace HWY_NAMESPACE {
@@ -63,6 +72,16 @@ using V16 = hn::Vec<D16>;
 using V32 = hn::Vec<D32>;
 using VF32 = hn::Vec<DF32>;
 
+// Lanes(D16()) where the compiler knows it, 0 where only the CPU does. SVE and SVE2 are
+// sizeless: MaxLanes(D16()) is 32, an upper bound, and Lanes() is 8, 16 or 32 at run time
+// (128-bit vectors and up: SVE's length is a multiple of 128 bits, Highway rounds it down to
+// a power of two). Everywhere else, SVE_256 (16) and SVE2_128 (8) included, it is MaxLanes().
+#if HWY_TARGET == HWY_SVE || HWY_TARGET == HWY_SVE2
+constexpr size_t kFixedLanes = 0;
+#else
+constexpr size_t kFixedLanes = hn::MaxLanes(D16());
+#endif
+
 // sum + pairwise a*b, int16 -> int32. One VNNI instruction where the target has it.
 HWY_INLINE V32 madd_accumulate(V16 a, V16 b, V32 sum) {
 #if HWY_TARGET == HWY_AVX3_DL  // AVX-512 VNNI (Ice Lake and later; HWY_WANT_AVX3_DL)
@@ -96,7 +115,7 @@ using VU8x16 = hn::Vec<DU8x16>;
 
 // w[0..16) = lo - offset, w[16..32) = hi - offset, 16 bytes each widened to int16. A template
 // on the target's width so that the wide branch's 256-bit tags exist only where they can.
-template <size_t kLanes = hn::MaxLanes(D16())>
+template <size_t kLanes = kFixedLanes>
 HWY_INLINE void store_block(VU8x16 lo, VU8x16 hi, int16_t offset, int16_t* w) {
   if constexpr (kLanes >= 16) {
     constexpr size_t kHalf = kLanes >= 16 ? 16 : 1;
@@ -111,14 +130,15 @@ HWY_INLINE void store_block(VU8x16 lo, VU8x16 hi, int16_t offset, int16_t* w) {
       hn::Store(b, di16, w + 16);
     }
   } else {
-    // 128-bit targets: 8 lanes at a time through a byte buffer.
+    // 128-bit targets (8 lanes), and SVE and SVE2 at any vector length (kLanes 0: Lanes() is
+    // 8, 16 or 32 at run time): Lanes() at a time through a byte buffer.
     alignas(16) uint8_t bytes[32];
     hn::Store(lo, DU8x16(), bytes);
-    hn::Store(hn::Vec<DU8x16>(hi), DU8x16(), bytes + 16);
-    const hn::FixedTag<uint8_t, 8> du8;
-    const hn::FixedTag<uint16_t, 8> du16;
-    const hn::FixedTag<int16_t, 8> di16;
-    for (int i = 0; i < kQK; i += 8) {
+    hn::Store(hi, DU8x16(), bytes + 16);
+    const D16 di16;
+    const DU8 du8;
+    const hn::Rebind<uint16_t, DU8> du16;
+    for (int i = 0; i < kQK; i += static_cast<int>(hn::Lanes(di16))) {
       hn::Store(hn::Sub(hn::BitCast(di16, hn::PromoteTo(du16, hn::LoadU(du8, bytes + i))),
                         hn::Set(di16, offset)),
                 di16, w + i);
@@ -192,40 +212,56 @@ HWY_INLINE float unpack_k_asymmetric(const Block& b, int16_t* w, float* block_mi
   return half_to_float(b.d);
 }
 
+// Q6_K: the 6-bit values q of quarter k of a half super-block (values 32k + l .. 32k + l +
+// lanes) minus 32, times the scales of their 16-value sub-blocks (2k + l / 16, and the next
+// one where lanes is 32), into out.
+HWY_INLINE void store_q6_quarter(int k, int l, int lanes, const int8_t* sc, int16_t* out,
+                                 hn::Vec<DU8> q) {
+  const D16 d16;
+  const hn::Rebind<uint16_t, DU8> du16;
+  const int s = 2 * k + l / 16;
+  hn::Vec<D16> scale;
+  if constexpr (kFixedLanes == 32) {
+    const hn::Half<D16> dh;
+    scale = hn::Combine(d16, hn::Set(dh, sc[s + 1]), hn::Set(dh, sc[s]));
+  } else if constexpr (kFixedLanes == 0) {
+    // 32 lanes (vectors of 512 bits and up): two sub-blocks, the second's scale read only then
+    // (at l = 16, s + 1 would be past the last one).
+    scale = lanes > 16 ? hn::IfThenElse(hn::FirstN(d16, 16), hn::Set(d16, sc[s]),
+                                        hn::Set(d16, sc[s + 1]))
+                       : hn::Set(d16, sc[s]);
+  } else {
+    (void)lanes;
+    scale = hn::Set(d16, sc[s]);
+  }
+  const auto v = hn::Sub(hn::BitCast(d16, hn::PromoteTo(du16, q)), hn::Set(d16, 32));
+  hn::Store(hn::Mul(v, scale), d16, out + 32 * k + l);
+}
+
 HWY_INLINE float unpack_q6_k(const BlockQ6_K& b, int16_t* w) {
-  // 6-bit values from 4 low bits (ql) and 2 high ones (qh), 32 at a time, minus 32, times the
-  // scale of their 16-value sub-block.
+  // 6-bit values from 4 low bits (ql) and 2 high ones (qh), Lanes() at a time, minus 32,
+  // times the scale of their 16-value sub-block.
   const D16 d16;
   const DU8 du8;
-  const hn::Rebind<uint16_t, DU8> du16;
-  constexpr int kLanes = static_cast<int>(hn::MaxLanes(D16()));
+  // 8, 16 or 32; known only at run time on SVE and SVE2 (kFixedLanes 0).
+  const int lanes = static_cast<int>(kFixedLanes != 0 ? kFixedLanes : hn::Lanes(d16));
   const auto low4 = hn::Set(du8, 0x0F), low2 = hn::Set(du8, 0x03);
   for (int n = 0; n < 2; ++n) {
     const uint8_t* ql = b.ql + 64 * n;
     const uint8_t* qh = b.qh + 32 * n;
     const int8_t* sc = b.scales + 8 * n;
     int16_t* out = w + 128 * n;
-    for (int l = 0; l < 32; l += kLanes) {
+    for (int l = 0; l < 32; l += lanes) {
       const auto l0 = hn::LoadU(du8, ql + l), l1 = hn::LoadU(du8, ql + l + 32);
       const auto h = hn::LoadU(du8, qh + l);
-      const decltype(l0) q[4] = {
-          hn::Or(hn::And(l0, low4), hn::ShiftLeft<4>(hn::And(h, low2))),
-          hn::Or(hn::And(l1, low4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), low2))),
-          hn::Or(hn::ShiftRight<4>(l0), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), low2))),
-          hn::Or(hn::ShiftRight<4>(l1), hn::ShiftLeft<4>(hn::ShiftRight<6>(h)))};
-      for (int k = 0; k < 4; ++k) {
-        // Values 32k + l .. 32k + l + kLanes: sub-blocks 2k + l / 16 (and the next one).
-        const int s = 2 * k + l / 16;
-        hn::Vec<D16> scale;
-        if constexpr (kLanes == 32) {
-          const hn::Half<D16> dh;
-          scale = hn::Combine(d16, hn::Set(dh, sc[s + 1]), hn::Set(dh, sc[s]));
-        } else {
-          scale = hn::Set(d16, sc[s]);
-        }
-        const auto v = hn::Sub(hn::BitCast(d16, hn::PromoteTo(du16, q[k])), hn::Set(d16, 32));
-        hn::Store(hn::Mul(v, scale), d16, out + 32 * k + l);
-      }
+      store_q6_quarter(0, l, lanes, sc, out,
+                       hn::Or(hn::And(l0, low4), hn::ShiftLeft<4>(hn::And(h, low2))));
+      store_q6_quarter(1, l, lanes, sc, out,
+                       hn::Or(hn::And(l1, low4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), low2))));
+      store_q6_quarter(2, l, lanes, sc, out,
+                       hn::Or(hn::ShiftRight<4>(l0), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), low2))));
+      store_q6_quarter(3, l, lanes, sc, out,
+                       hn::Or(hn::ShiftRight<4>(l1), hn::ShiftLeft<4>(hn::ShiftRight<6>(h))));
     }
   }
   return half_to_float(b.d);
@@ -352,16 +388,28 @@ struct UnpackedRows {
   int64_t n, groups, blocks;  // per row
 };
 
+// The tile's accumulators are named variables, one per row r and token t (acc<r><t>, ...), not
+// arrays: SVE's vectors are sizeless and cannot be array elements. FLASHLM_TILE(X) expands
+// X(r, t) for the 4 x 4 pairs; each use is guarded by `if constexpr (r < kRows && t < kTokens)`
+// and the compiler drops the pairs outside the tile.
+#define FLASHLM_TILE_ROW(X, r) X(r, 0) X(r, 1) X(r, 2) X(r, 3)
+#define FLASHLM_TILE(X) FLASHLM_TILE_ROW(X, 0) FLASHLM_TILE_ROW(X, 1) FLASHLM_TILE_ROW(X, 2) FLASHLM_TILE_ROW(X, 3)
+constexpr int kMaxTileRows = 4;
+constexpr int kMaxTileTokens = 4;
+
 // Rows first..first+kRows of `rows` times tokens xs[0..kTokens); out[t * ldy + r] gets row
 // first + r, token t.
 template <TensorType T, int kRows, int kTokens = kTile>
 HWY_INLINE void tile_dot(const UnpackedRows& rows, int64_t first, const PreparedInput* xs,
                          float* out, int64_t ldy) {
+  static_assert(kRows >= 1 && kRows <= kMaxTileRows && kTokens >= 1 && kTokens <= kMaxTileTokens,
+                "FLASHLM_TILE names 4 x 4 accumulators");
+  static_assert(kTile <= kMaxTileTokens);
   constexpr int64_t kCount = kGroup<T>;
   const int64_t groups = rows.groups;
-  const int16_t* w[kRows];
-  const float* d[kRows];
-  const float* bm[kRows];
+  const int16_t* w[kMaxTileRows] = {};
+  const float* d[kMaxTileRows] = {};
+  const float* bm[kMaxTileRows] = {};
   for (int r = 0; r < kRows; ++r) {
     w[r] = rows.values + (first + r) * rows.n;
     d[r] = rows.scales + (first + r) * rows.groups;
@@ -370,50 +418,61 @@ HWY_INLINE void tile_dot(const UnpackedRows& rows, int64_t first, const Prepared
   const D16 d16;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d16));
   const hn::CappedTag<float, 8> df8;
-  VF32 acc[kRows][kTokens];
-  hn::Vec<decltype(df8)> macc[kRows][kTokens];
-  float facc[kRows][kTokens];
-  for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kTokens; ++t) {
-      acc[r][t] = hn::Zero(DF32());
-      macc[r][t] = hn::Zero(df8);
-      facc[r][t] = 0;
-    }
-  }
+  using VF8 = hn::Vec<decltype(df8)>;
+#define FLASHLM_TILE_INIT(r, t)                          \
+  [[maybe_unused]] VF32 acc##r##t = hn::Zero(DF32()); \
+  [[maybe_unused]] VF8 macc##r##t = hn::Zero(df8);    \
+  [[maybe_unused]] float facc##r##t = 0;
+  FLASHLM_TILE(FLASHLM_TILE_INIT)
+#undef FLASHLM_TILE_INIT
   for (int64_t g = 0; g < groups; ++g) {
-    V32 sum[kRows][kTokens];
-    for (int r = 0; r < kRows; ++r) {
-      for (int t = 0; t < kTokens; ++t) sum[r][t] = hn::Zero(D32());
-    }
+#define FLASHLM_TILE_SUM(r, t) [[maybe_unused]] V32 sum##r##t = hn::Zero(D32());
+    FLASHLM_TILE(FLASHLM_TILE_SUM)
+#undef FLASHLM_TILE_SUM
 #pragma GCC unroll 8
     for (int64_t i = g * kCount; i < (g + 1) * kCount; i += lanes) {
-      V16 wv[kRows];
-      for (int r = 0; r < kRows; ++r) wv[r] = hn::Load(d16, w[r] + i);
-      for (int t = 0; t < kTokens; ++t) {
-        const V16 xv = hn::LoadU(d16, xs[t].q() + i);
-        for (int r = 0; r < kRows; ++r) sum[r][t] = madd_accumulate(wv[r], xv, sum[r][t]);
-      }
+      // The rows' weight vectors, then token after token its input vector times each of them.
+#define FLASHLM_TILE_WEIGHTS(r) \
+  [[maybe_unused]] const V16 wv##r = r < kRows ? hn::Load(d16, w[r] + i) : hn::Zero(d16);
+      FLASHLM_TILE_WEIGHTS(0) FLASHLM_TILE_WEIGHTS(1) FLASHLM_TILE_WEIGHTS(2) FLASHLM_TILE_WEIGHTS(3)
+#undef FLASHLM_TILE_WEIGHTS
+#define FLASHLM_TILE_MADD(r, t) \
+  if constexpr (r < kRows) sum##r##t = madd_accumulate(wv##r, xv, sum##r##t);
+#define FLASHLM_TILE_TOKEN(t)                                                 \
+  if constexpr (t < kTokens) {                                                \
+    const V16 xv = hn::LoadU(d16, xs[t].q() + i);                             \
+    FLASHLM_TILE_MADD(0, t) FLASHLM_TILE_MADD(1, t) FLASHLM_TILE_MADD(2, t) \
+    FLASHLM_TILE_MADD(3, t)                                                   \
+  }
+      FLASHLM_TILE_TOKEN(0) FLASHLM_TILE_TOKEN(1) FLASHLM_TILE_TOKEN(2) FLASHLM_TILE_TOKEN(3)
+#undef FLASHLM_TILE_TOKEN
+#undef FLASHLM_TILE_MADD
     }
-    for (int r = 0; r < kRows; ++r) {
-      for (int t = 0; t < kTokens; ++t) {
-        acc[r][t] = scale_accumulate(sum[r][t], d[r][g] * xs[t].scale()[g], acc[r][t]);
-      }
-    }
+#define FLASHLM_TILE_SCALE(r, t)                                                          \
+  if constexpr (r < kRows && t < kTokens) {                                               \
+    acc##r##t = scale_accumulate(sum##r##t, d[r][g] * xs[t].scale()[g], acc##r##t); \
+  }
+    FLASHLM_TILE(FLASHLM_TILE_SCALE)
+#undef FLASHLM_TILE_SCALE
     if constexpr (is_asymmetric(T)) {
-      for (int r = 0; r < kRows; ++r) {
-        for (int t = 0; t < kTokens; ++t) {
-          add_group_mins<T>(df8, bm[r] + g * (kCount / kQK), xs[t].scaled_block_sum(), g,
-                            macc[r][t], facc[r][t]);
-        }
-      }
+#define FLASHLM_TILE_MINS(r, t)                                                          \
+  if constexpr (r < kRows && t < kTokens) {                                              \
+    add_group_mins<T>(df8, bm[r] + g * (kCount / kQK), xs[t].scaled_block_sum(), g, \
+                      macc##r##t, facc##r##t);                                           \
+  }
+      FLASHLM_TILE(FLASHLM_TILE_MINS)
+#undef FLASHLM_TILE_MINS
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kTokens; ++t) {
-      out[t * ldy + r] = finish_dot<T>(df8, acc[r][t], facc[r][t], macc[r][t]);
-    }
+#define FLASHLM_TILE_FINISH(r, t)                                                 \
+  if constexpr (r < kRows && t < kTokens) {                                       \
+    out[t * ldy + r] = finish_dot<T>(df8, acc##r##t, facc##r##t, macc##r##t); \
   }
+  FLASHLM_TILE(FLASHLM_TILE_FINISH)
+#undef FLASHLM_TILE_FINISH
 }
+#undef FLASHLM_TILE
+#undef FLASHLM_TILE_ROW
 
 template <TensorType T>
 void matmul_quantized(const uint8_t* weights, size_t stride, const PreparedInput* xs,
