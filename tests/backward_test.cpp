@@ -259,7 +259,7 @@ TEST(Backward, MatchesPyTorchAutograd) {
       for (int t = 0; t < kLoraTargets; ++t) {
         const LoraPair& g = grad.layers[l][t];
         if (g.empty()) continue;
-        const std::string base = "blk." + std::to_string(l) + "." + lora_target_name(static_cast<LoraTarget>(t)) + ".weight";
+        const std::string base = lora_base_tensor_name(l, static_cast<LoraTarget>(t));
         for (const auto& [suffix, values] : {std::pair{".lora_a", &g.a}, std::pair{".lora_b", &g.b}}) {
           const auto want = r["gradients"].at(base + suffix).get<std::vector<double>>();
           ASSERT_EQ(want.size(), (values->size() + every - 1) / every) << base << suffix;

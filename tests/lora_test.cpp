@@ -208,8 +208,7 @@ std::string merged_model(const std::string& base_path, const LoraAdapter& adapte
     for (size_t l = 0; l < adapter.layers.size(); ++l) {
       for (int ti = 0; ti < kLoraTargets; ++ti) {
         const auto target = static_cast<LoraTarget>(ti);
-        const std::string tensor_name =
-            "blk." + std::to_string(l) + "." + lora_target_name(target) + ".weight";
+        const std::string tensor_name = lora_base_tensor_name(static_cast<int>(l), target);
         const LoraPair& p = adapter.layers[l][ti];
         if (t.name != tensor_name || p.empty()) continue;
         EXPECT_EQ(t.type, TensorType::F32);

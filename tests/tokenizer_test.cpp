@@ -127,7 +127,9 @@ void expect_hostile_text_encodes_fast(const std::string& model) {
     const double seconds = seconds_to_encode(tokenizer, text, tokens);
     EXPECT_GT(tokens, 0u) << what;
     EXPECT_LT(tokens, text.size() + 1) << what;
-    EXPECT_LT(seconds, 1.0 * kSlowdown) << "1 MiB of " << what << " took " << seconds << " s";
+    // Quadratic behaviour takes minutes here; linear takes ~0.3 s idle, up to 1.4 s measured
+    // with two other jobs on the 2 cores: the bound tells the two apart without flaking.
+    EXPECT_LT(seconds, 3.0 * kSlowdown) << "1 MiB of " << what << " took " << seconds << " s";
     std::printf("1 MiB of %s: %zu tokens in %.3f s\n", what, tokens, seconds);
   }
 }

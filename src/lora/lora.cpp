@@ -16,10 +16,6 @@ namespace {
 constexpr std::array<const char*, kLoraTargets> kNames = {
     "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
 
-std::string base_tensor_name(int layer, LoraTarget t) {
-  return "blk." + std::to_string(layer) + "." + lora_target_name(t) + ".weight";
-}
-
 // "blk.N.<target>.weight" -> layer and target; false for any other name.
 bool parse_base_name(const std::string& name, int n_layers, int& layer, LoraTarget& target) {
   if (name.rfind("blk.", 0) != 0) return false;
@@ -75,6 +71,10 @@ std::vector<float> read_matrix(const GgufFile& file, const GgufTensor& t, int64_
 }  // namespace
 
 const char* lora_target_name(LoraTarget target) { return kNames[static_cast<int>(target)]; }
+
+std::string lora_base_tensor_name(int layer, LoraTarget t) {
+  return "blk." + std::to_string(layer) + "." + lora_target_name(t) + ".weight";
+}
 
 bool is_ffn_target(LoraTarget t) {
   return t == LoraTarget::FfnGate || t == LoraTarget::FfnUp || t == LoraTarget::FfnDown;
@@ -204,7 +204,7 @@ LoraAdapter LoraAdapter::load(const std::string& path, const ModelConfig& config
       const Found& f = found[l][ti];
       if (!f.a && !f.b) continue;
       const auto target = static_cast<LoraTarget>(ti);
-      const std::string base = base_tensor_name(l, target);
+      const std::string base = lora_base_tensor_name(l, target);
       if (!f.a || !f.b) {
         fail("{}: '{}' has {} but not {}; a LoRA pair needs both", path, base,
              f.a ? "lora_a" : "lora_b", f.a ? "lora_b" : "lora_a");
@@ -258,7 +258,7 @@ void LoraAdapter::save(const std::string& out_path, const std::string& base_name
     for (int t = 0; t < kLoraTargets; ++t) {
       const LoraPair& p = layers[l][t];
       if (p.empty()) continue;
-      const std::string base = base_tensor_name(static_cast<int>(l), static_cast<LoraTarget>(t));
+      const std::string base = lora_base_tensor_name(static_cast<int>(l), static_cast<LoraTarget>(t));
       w.add_tensor_view(base + ".lora_a", TensorType::F32, {p.in, p.rank},
                         {reinterpret_cast<const uint8_t*>(p.a.data()), p.a.size() * 4});
       w.add_tensor_view(base + ".lora_b", TensorType::F32, {p.rank, p.out},

@@ -24,6 +24,8 @@ const char* lora_target_name(LoraTarget target);  // "attn_q", ...
 // "attn_q,attn_v,ffn_down" (or "all", "attn", "ffn") as targets; throws on an unknown name.
 std::vector<LoraTarget> parse_lora_targets(const std::string& list);
 bool is_ffn_target(LoraTarget target);
+// The adapted base tensor's GGUF name: blk.<layer>.<target>.weight.
+std::string lora_base_tensor_name(int layer, LoraTarget target);
 // The shape the base model gives the adapted matrix: rows (outputs) and columns (inputs).
 int64_t lora_target_rows(const ModelConfig& config, LoraTarget target);
 int64_t lora_target_cols(const ModelConfig& config, LoraTarget target);

@@ -173,7 +173,7 @@ void save_checkpoint(const std::string& path, const LoraAdapter& adapter,
     for (int t = 0; t < kLoraTargets; ++t) {
       const LoraPair& p = adapter.layers[l][t];
       if (p.empty()) continue;
-      const std::string base = "blk." + std::to_string(l) + "." + lora_target_name(static_cast<LoraTarget>(t));
+      const std::string base = lora_base_tensor_name(static_cast<int>(l), static_cast<LoraTarget>(t));
       w.add_tensor_view(base + ".lora_a", TensorType::F32, {p.in, p.rank}, float_bytes(p.a));
       w.add_tensor_view(base + ".lora_b", TensorType::F32, {p.rank, p.out}, float_bytes(p.b));
       for (const char* which : {".lora_a", ".lora_b"}) {
@@ -229,7 +229,7 @@ void load_checkpoint(const std::string& path, LoraAdapter& adapter, std::vector<
     for (int t = 0; t < kLoraTargets; ++t) {
       LoraPair& p = adapter.layers[l][t];
       if (p.empty()) continue;
-      const std::string base = "blk." + std::to_string(l) + "." + lora_target_name(static_cast<LoraTarget>(t));
+      const std::string base = lora_base_tensor_name(static_cast<int>(l), static_cast<LoraTarget>(t));
       read(base + ".lora_a", p.a);
       read(base + ".lora_b", p.b);
       for (const char* which : {".lora_a", ".lora_b"}) {
