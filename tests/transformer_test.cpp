@@ -330,6 +330,76 @@ INSTANTIATE_TEST_SUITE_P(Types, BatchedVsSingle,
                                            TensorType::Q6_K),
                          [](const auto& p) { return std::string(type_name(p.param)); });
 
+// Several sequences advanced by one pass, each with its own KV cache (the server's --parallel):
+// prompts of different lengths in the first pass, then a token each per pass, and every
+// sequence's logits are bit for bit those of a pass over that sequence alone.
+TEST_P(BatchedVsSingle, SequencesOfOnePassEqualEachAlone) {
+  const TensorType type = GetParam();
+  const bool k_quant = type_traits(type).block_size == 256;
+  const TinyModelSpec spec{.d_model = k_quant ? 256 : 64, .d_ff = k_quant ? 512 : 128,
+                           .weight_type = type};
+  Loaded m = load_tiny(spec, std::string("tiny-sequences-") + type_name(type) + ".gguf");
+  ThreadPool pool(2);
+  DenseFeedForward ffn(m.config, m.weights, pool);
+  const TransformerOptions options{.context_size = 32, .max_batch = 16, .sequences = 3};
+  Transformer together(m.config, m.weights, ffn, pool, options);
+  KvCache second(m.config, 32, options.kv_type_k, options.kv_type_v);
+  KvCache third(m.config, 32, options.kv_type_k, options.kv_type_v);
+  KvCache* caches[3] = {&together.kv_cache(), &second, &third};
+  const std::vector<std::vector<int32_t>> prompts = {
+      {72, 101, 108, 108, 111}, {119, 111, 114}, {33}};
+  const std::vector<std::vector<int32_t>> continuations = {
+      {1, 2, 3, 4}, {200, 201, 202, 203}, {9, 8, 7, 6}};
+  const size_t vocab = static_cast<size_t>(m.config.vocab_size);
+  std::vector<std::vector<std::vector<float>>> got(3);  // [sequence][pass] last-token logits
+  for (size_t pass = 0; pass <= continuations[0].size(); ++pass) {
+    std::vector<SequenceStep> steps;
+    for (size_t s = 0; s < 3; ++s) {
+      steps.push_back({caches[s], pass == 0 ? std::span<const int32_t>(prompts[s])
+                                            : std::span(&continuations[s][pass - 1], 1)});
+    }
+    const auto logits = together.forward(steps);
+    ASSERT_EQ(logits.size(), 3 * vocab);
+    for (size_t s = 0; s < 3; ++s) {
+      got[s].emplace_back(logits.begin() + s * vocab, logits.begin() + (s + 1) * vocab);
+    }
+  }
+  for (size_t s = 0; s < 3; ++s) {
+    Transformer alone(m.config, m.weights, ffn, pool, {.context_size = 32, .max_batch = 16});
+    auto expected = alone.forward(prompts[s]);
+    EXPECT_EQ(max_abs_diff(expected, got[s][0]), 0.0) << "sequence " << s << " prompt";
+    for (size_t pass = 1; pass <= continuations[s].size(); ++pass) {
+      expected = alone.forward(std::span(&continuations[s][pass - 1], 1));
+      EXPECT_EQ(max_abs_diff(expected, got[s][pass]), 0.0) << "sequence " << s << " pass " << pass;
+    }
+    EXPECT_EQ(caches[s]->size(), alone.n_past());
+  }
+}
+
+// A KV cache rolled back to any position and continued differently gives exactly the logits
+// of a fresh run over the same tokens (what rejected drafts and reused prompts rely on).
+TEST(Transformer, RollbackThenAnotherContinuationEqualsAFreshRun) {
+  Loaded m = load_tiny({.weight_type = TensorType::Q8_0}, "tiny-rollback.gguf");
+  ThreadPool pool(2);
+  DenseFeedForward ffn(m.config, m.weights, pool);
+  const TransformerOptions options{.context_size = 32, .max_batch = 4};
+  Transformer tr(m.config, m.weights, ffn, pool, options);
+  const std::vector<int32_t> other = {5, 6, 7, 250, 251};
+  for (int at : {0, 1, 7, 11}) {
+    tr.truncate(0);
+    tr.forward(kTokens);
+    tr.truncate(at);
+    ASSERT_EQ(tr.n_past(), at);
+    const auto rolled = tr.forward(other);
+    const std::vector<float> got(rolled.begin(), rolled.end());
+    std::vector<int32_t> tokens(kTokens.begin(), kTokens.begin() + at);
+    tokens.insert(tokens.end(), other.begin(), other.end());
+    Transformer fresh(m.config, m.weights, ffn, pool, options);
+    if (at > 0) fresh.forward(std::span(tokens).first(at));  // the rolled-back run's batches
+    EXPECT_EQ(max_abs_diff(fresh.forward(other), got), 0.0) << "rolled back to " << at;
+  }
+}
+
 TEST(Transformer, TruncateReplaysIdentically) {
   Loaded m = load_tiny({}, "tiny-f32.gguf");
   ThreadPool pool(1);

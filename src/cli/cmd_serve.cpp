@@ -62,7 +62,13 @@ void serve(ServeOptions& o) {
   o.server.draft_max = o.common.draft_max;
   install_stop_handlers();
   auto model = Model::load(o.common.model_path);
-  Engine engine(*model, o.common.engine_options());
+  EngineOptions engine_options = o.common.engine_options();
+  engine_options.sequences = o.server.parallel;
+  if (engine_options.context_size / o.server.parallel < 2) {
+    fail("-c {} shared by --parallel {} leaves each request under 2 tokens of context; raise -c",
+         engine_options.context_size, o.server.parallel);
+  }
+  Engine engine(*model, engine_options);
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   ApiServer server(engine, o.server);
   const int port = server.bind();
@@ -90,9 +96,11 @@ void serve(ServeOptions& o) {
     std::_Exit(0);
   });
   // On stdout, so that scripts that start the server with --port 0 can read the port.
-  std::printf("flashlm serve: listening on http://%s:%d (model %s, context %d, %d threads)\n",
-              o.server.host.c_str(), port, o.server.model_id.c_str(),
-              engine.transformer().context_size(), engine.pool().size());
+  std::printf(
+      "flashlm serve: listening on http://%s:%d (model %s, context %d per request, %d parallel, "
+      "%d threads)\n",
+      o.server.host.c_str(), port, o.server.model_id.c_str(), engine.transformer().context_size(),
+      o.server.parallel, engine.pool().size());
   std::fflush(stdout);
   server.listen();
   stopped = true;
@@ -119,6 +127,11 @@ void register_serve_command(CLI::App& app) {
   cmd->add_option("--max-queue", opts->server.max_queue,
                   "Requests that may wait while one generates; more get 503")
       ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  cmd->add_option("--parallel", opts->server.parallel,
+                  "(also -np) Requests that generate together, each pass of the model serving all of them "
+                  "(continuous batching); they share -c, each getting c / N tokens of context")
+      ->check(CLI::Range(1, 64))
       ->capture_default_str();
   cmd->add_option("--max-body", opts->max_body, "Largest request body (e.g. 1M, 64K); more get 413")
       ->capture_default_str();

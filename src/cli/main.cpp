@@ -163,6 +163,7 @@ std::vector<std::string> with_long_names(int argc, char** argv) {
   for (std::string& arg : args) {
     if (arg == "-ctk") arg = "--cache-type-k";
     if (arg == "-ctv") arg = "--cache-type-v";
+    if (arg == "-np") arg = "--parallel";
   }
   return args;
 }

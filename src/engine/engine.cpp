@@ -94,7 +94,8 @@ WorkingMemory working_memory(const Model& model, const EngineOptions& options, i
   WorkingMemory w;
   w.process = process_base_bytes();
   const TransformerOptions t = transformer_options(options, nullptr);
-  w.kv_cache = Transformer::kv_cache_bytes(c, t.context_size, t.kv_type_k, t.kv_type_v);
+  w.kv_cache = static_cast<uint64_t>(t.sequences) *
+               Transformer::kv_cache_bytes(c, t.context_size, t.kv_type_k, t.kv_type_v);
   // The forward pass's buffers, the FFN's (gate, up and hidden rows of a batch, the sparse
   // kernel's per-slice sums) and every linear layer's prepared inputs (int16 values and
   // per-group scales of the widest input).
@@ -171,13 +172,14 @@ FfnMode choose_mode(const Model& model, const EngineOptions& options, uint64_t b
 }  // namespace
 
 TransformerOptions transformer_options(const EngineOptions& options, TokenEmbedding* embedding) {
-  return TransformerOptions{.context_size = options.context_size,
+  return TransformerOptions{.context_size = options.context_size / std::max(options.sequences, 1),
                             .max_batch = options.max_batch,
                             .embedding = embedding,
                             .kv_type_k = parse_kv_cache_type(options.cache_type_k),
                             .kv_type_v = parse_kv_cache_type(options.cache_type_v),
                             .all_logits = options.all_logits,
-                            .logit_rows = options.logit_rows};
+                            .logit_rows = options.logit_rows,
+                            .sequences = std::max(options.sequences, 1)};
 }
 
 MemoryPlan plan_engine_memory(const Model& model, const EngineOptions& options) {
@@ -327,6 +329,12 @@ Engine::Engine(const Model& model, const EngineOptions& options)
   t.weight_stream = sources_->streamed.get();
   t.lora = lora;
   transformer_ = std::make_unique<Transformer>(model.config, model.weights, *ffn, pool_, t);
+  kv_caches_.push_back(&transformer_->kv_cache());
+  for (int i = 1; i < t.sequences; ++i) {
+    extra_caches_.push_back(
+        std::make_unique<KvCache>(model.config, t.context_size, t.kv_type_k, t.kv_type_v));
+    kv_caches_.push_back(extra_caches_.back().get());
+  }
 }
 
 const StreamedWeightStats* Engine::weight_stream_stats() const {

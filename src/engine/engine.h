@@ -31,6 +31,10 @@ struct EngineOptions {
   // Keep every token's logits of a step (perplexity); otherwise only the last token's.
   bool all_logits = false;
   int logit_rows = 0;  // with all_logits: tokens per step that keep them (0: max_batch)
+  // Sequences that one pass may advance together, each with a KV cache of its own (the
+  // server's --parallel); they share context_size as llama.cpp's slots do: each holds
+  // context_size / sequences tokens, so the KV cache's memory does not grow with them.
+  int sequences = 1;
   // auto, dense, naive, hybrid, mmap, sparse, sparse-oracle (all but dense need a .flm); auto:
   // dense when the budget holds the whole model, else sparse with streamed reads
   std::string mode = "auto";
@@ -79,6 +83,9 @@ class Engine {
   ~Engine();
 
   Transformer& transformer() { return *transformer_; }
+  // Sequence i's KV cache (i < EngineOptions::sequences); 0 is the transformer's own.
+  KvCache& kv_cache(int i) { return *kv_caches_.at(static_cast<size_t>(i)); }
+  int sequences() const { return static_cast<int>(kv_caches_.size()); }
   ThreadPool& pool() { return pool_; }
   const Model& model() const { return model_; }
   const MemoryPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
@@ -107,6 +114,8 @@ class Engine {
   std::unique_ptr<SparseFeedForward> sparse_ffn_;
   std::unique_ptr<FlashWeightSources> sources_;  // what the plan leaves on flash besides the FFN
   std::unique_ptr<Transformer> transformer_;
+  std::vector<std::unique_ptr<KvCache>> extra_caches_;  // sequences 1..
+  std::vector<KvCache*> kv_caches_;
 };
 
 // The memory plan of an engine with these options, without building it.

@@ -10,25 +10,6 @@
 #include "quant/kernels.h"
 
 namespace flashlm {
-namespace {
-
-// The cache stores each head's slice of a row as whole blocks of its type, so that a head's
-// keys and values are rows of their own for the kernels.
-void check_kv_cache_type(const ModelConfig& c, TensorType type, const char* what,
-                         const char* flag) {
-  if (type != TensorType::F32 && type != TensorType::F16 && type != TensorType::Q8_0) {
-    fail("the KV cache cannot store {} as {}; {} takes f32, f16 or q8_0", what, type_name(type),
-         flag);
-  }
-  const int64_t block = type_traits(type).block_size;
-  if (c.head_dim % block != 0) {
-    fail("a {} KV cache stores {} in blocks of {} values, and this model's head_dim {} is not a "
-         "multiple of {}; use {} f16",
-         type_name(type), what, block, c.head_dim, block, flag);
-  }
-}
-
-}  // namespace
 
 TensorType parse_kv_cache_type(const std::string& name) {
   if (name == "f32") return TensorType::F32;
@@ -37,23 +18,18 @@ TensorType parse_kv_cache_type(const std::string& name) {
   fail("unknown KV cache type '{}': the choices are f32, f16 and q8_0", name);
 }
 
-uint64_t Transformer::kv_cache_bytes(const ModelConfig& c, int context_size, TensorType k,
-                                     TensorType v) {
-  check_kv_cache_type(c, k, "keys", "--cache-type-k");
-  check_kv_cache_type(c, v, "values", "--cache-type-v");
-  const uint64_t rows = static_cast<uint64_t>(c.n_layers) * std::max(context_size, 0);
-  return rows * (row_bytes(k, c.kv_dim()) + row_bytes(v, c.kv_dim()));
-}
-
 uint64_t Transformer::scratch_bytes(const ModelConfig& c, const TransformerOptions& options,
                                     int threads) {
   const uint64_t batch = std::max(options.max_batch, 0);
-  const uint64_t logit_rows = static_cast<uint64_t>(std::max(options.kept_logit_rows(), 1));
+  const uint64_t logit_rows = static_cast<uint64_t>(options.logit_buffer_rows());
   const uint64_t workers = std::max(threads, 1);
+  // Besides the floats: each token's id, cache and position, and the rows that get logits.
+  const uint64_t per_token = sizeof(int32_t) + sizeof(KvCache*) + 2 * sizeof(int64_t);
   const uint64_t floats = batch * (3 * c.d_model + 2 * c.q_dim() + 2 * c.kv_dim()) +
                           logit_rows * c.vocab_size +
                           workers * std::max(options.context_size, 0);
-  return floats * sizeof(float) + workers * PreparedInput::bytes(options.kv_type_k, c.head_dim);
+  return floats * sizeof(float) + batch * per_token +
+         workers * PreparedInput::bytes(options.kv_type_k, c.head_dim);
 }
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
@@ -64,20 +40,12 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
       resident_embedding_(weights.token_embedding),
       embedding_(options.embedding ? *options.embedding : resident_embedding_),
       pool_(pool),
-      options_(options) {
+      options_(options),
+      cache_(config, std::max(options.context_size, 1), options.kv_type_k, options.kv_type_v) {
   if (options_.context_size <= 0 || options_.max_batch <= 0) {
     fail("context size and batch size must be positive (got {} and {})", options_.context_size,
          options_.max_batch);
   }
-  check_kv_cache_type(config, options_.kv_type_k, "keys", "--cache-type-k");
-  check_kv_cache_type(config, options_.kv_type_v, "values", "--cache-type-v");
-  key_row_bytes_ = row_bytes(options_.kv_type_k, config.kv_dim());
-  value_row_bytes_ = row_bytes(options_.kv_type_v, config.kv_dim());
-  key_head_bytes_ = row_bytes(options_.kv_type_k, config.head_dim);
-  value_head_bytes_ = row_bytes(options_.kv_type_v, config.head_dim);
-  const size_t rows = static_cast<size_t>(config.n_layers) * options_.context_size;
-  key_cache_.resize(rows * key_row_bytes_);
-  value_cache_.resize(rows * value_row_bytes_);
   const size_t b = options_.max_batch;
   x_.resize(b * config.d_model);
   xn_.resize(b * config.d_model);
@@ -86,7 +54,11 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   attn_.resize(b * config.q_dim());
   k_.resize(b * config.kv_dim());
   v_.resize(b * config.kv_dim());
-  logits_.resize(static_cast<size_t>(std::max(options_.kept_logit_rows(), 1)) * config.vocab_size);
+  logits_.resize(static_cast<size_t>(options_.logit_buffer_rows()) * config.vocab_size);
+  tokens_.resize(b);
+  token_cache_.resize(b);
+  token_pos_.resize(b);
+  logit_rows_.reserve(std::max<size_t>(b, options_.logit_buffer_rows()));
   scores_.resize(static_cast<size_t>(pool.size()) * options_.context_size);
   // Prepared once here, so that preparing a query per head in attention() only overwrites.
   queries_.resize(pool.size());
@@ -95,16 +67,12 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   }
 }
 
-size_t Transformer::kv_cache_bytes() const { return key_cache_.size() + value_cache_.size(); }
-
-void Transformer::truncate(int n) { n_past_ = std::clamp(n, 0, n_past_); }
-
-void Transformer::check_tokens(std::span<const int32_t> tokens) const {
+void Transformer::check_tokens(const KvCache& cache, std::span<const int32_t> tokens) const {
   if (tokens.empty()) fail("forward() needs at least one token");
-  if (n_past_ + static_cast<int64_t>(tokens.size()) > options_.context_size) {
+  if (cache.size() + static_cast<int64_t>(tokens.size()) > cache.capacity()) {
     fail("the context is full: {} tokens already, {} more would exceed the context size {}; "
          "use a larger --ctx-size or a shorter prompt",
-         n_past_, tokens.size(), options_.context_size);
+         cache.size(), tokens.size(), cache.capacity());
   }
   for (int32_t t : tokens) {
     if (t < 0 || t >= config_.vocab_size) {
@@ -119,17 +87,17 @@ const Matrix* Transformer::output_head() const {
 }
 
 std::span<const float> Transformer::forward_hidden(std::span<const int32_t> tokens) {
-  check_tokens(tokens);
+  check_tokens(cache_, tokens);
   if (static_cast<int64_t>(tokens.size()) > options_.max_batch) {
     fail("forward_hidden() takes at most the batch size ({}) tokens at once, not {}",
          options_.max_batch, tokens.size());
   }
-  forward_batch(tokens, false, true);
+  forward_own(tokens, false, true);
   return {xn_.data(), tokens.size() * static_cast<size_t>(config_.d_model)};
 }
 
 std::span<const float> Transformer::forward(std::span<const int32_t> tokens, bool all_logits) {
-  check_tokens(tokens);
+  check_tokens(cache_, tokens);
   if (all_logits && !options_.all_logits) {
     fail("internal error: forward() was asked for the logits of every token, but this "
          "Transformer was built without all_logits (TransformerOptions::all_logits)");
@@ -140,18 +108,77 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
   }
   for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
     const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
-    forward_batch(tokens.subspan(start, n), all_logits);
+    forward_own(tokens.subspan(start, n), all_logits, false);
   }
   const size_t vocab = config_.vocab_size;
   if (all_logits) return {logits_.data(), tokens.size() * vocab};
   return {logits_.data(), vocab};
 }
 
-void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits,
+void Transformer::forward_own(std::span<const int32_t> tokens, bool all_logits,
+                              bool hidden_only) {
+  const SequenceStep step{&cache_, tokens};
+  const int64_t n = gather({&step, 1});
+  logit_rows_.clear();
+  for (int64_t i = all_logits ? 0 : n - 1; i < n; ++i) logit_rows_.push_back(i);
+  forward_batch(n, logit_rows_, hidden_only);
+}
+
+std::span<const float> Transformer::forward(std::span<const SequenceStep> steps) {
+  if (steps.empty()) fail("forward() needs at least one sequence");
+  if (static_cast<int>(steps.size()) > max_sequences()) {
+    fail("internal error: a pass of {} sequences, more than the {} this Transformer was built for "
+         "(TransformerOptions::sequences)",
+         steps.size(), max_sequences());
+  }
+  int64_t total = 0;
+  for (const SequenceStep& step : steps) {
+    if (!step.cache || step.cache->capacity() > options_.context_size ||
+        step.cache->key_type() != options_.kv_type_k ||
+        step.cache->value_type() != options_.kv_type_v) {
+      fail("internal error: a sequence's KV cache is missing, larger than the context size {} or "
+           "of other types than the transformer's",
+           options_.context_size);
+    }
+    check_tokens(*step.cache, step.tokens);
+    for (const SequenceStep& other : steps) {
+      if (&other != &step && other.cache == step.cache) {
+        fail("internal error: two steps of one pass append to the same KV cache");
+      }
+    }
+    total += static_cast<int64_t>(step.tokens.size());
+  }
+  if (total > options_.max_batch) {
+    fail("a pass of {} tokens is more than the batch size {}", total, options_.max_batch);
+  }
+  const int64_t n = gather(steps);
+  logit_rows_.clear();
+  int64_t end = 0;
+  for (const SequenceStep& step : steps) {
+    end += static_cast<int64_t>(step.tokens.size());
+    logit_rows_.push_back(end - 1);
+  }
+  forward_batch(n, logit_rows_);
+  return {logits_.data(), steps.size() * static_cast<size_t>(config_.vocab_size)};
+}
+
+int64_t Transformer::gather(std::span<const SequenceStep> steps) {
+  int64_t n = 0;
+  for (const SequenceStep& step : steps) {
+    for (size_t i = 0; i < step.tokens.size(); ++i, ++n) {
+      tokens_[n] = step.tokens[i];
+      token_cache_[n] = step.cache;
+      token_pos_[n] = step.cache->size() + static_cast<int64_t>(i);
+    }
+  }
+  return n;
+}
+
+void Transformer::forward_batch(int64_t n, std::span<const int64_t> logit_rows,
                                 bool hidden_only) {
   const ModelConfig& c = config_;
-  const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = c.d_model;
+  const std::span<const int32_t> tokens(tokens_.data(), static_cast<size_t>(n));
 
   // x = embedding of each token (scaled by sqrt(d_model) in Gemma).
   const float embed_scale = c.scale_embeddings ? std::sqrt(static_cast<float>(d)) : 1.0f;
@@ -174,24 +201,26 @@ void Transformer::forward_batch(std::span<const int32_t> tokens, bool all_logits
     for (int64_t i = 0; i < n * d; ++i) x_[i] += out_[i];
   }
 
+  for (int64_t i = 0; i < n; ++i) token_cache_[i]->extend(1);
   if (hidden_only) {
     rms_norm(x_.data(), weights_.output_norm.data, xn_.data(), n, d, c.rms_eps);
-    n_past_ += static_cast<int>(n);
     return;
   }
-  // logits = W_out RMSNorm(x), for the last token only unless all are wanted.
-  const int64_t first = all_logits ? 0 : n - 1;
-  const int64_t rows = n - first;
-  rms_norm(x_.data() + first * d, weights_.output_norm.data, xn_.data(), rows, d, c.rms_eps);
+  // logits = W_out RMSNorm(x), for the rows asked for (a sequence's last token, or all).
+  const int64_t rows = static_cast<int64_t>(logit_rows.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    rms_norm(x_.data() + logit_rows[r] * d, weights_.output_norm.data, xn_.data() + r * d, 1, d,
+             c.rms_eps);
+  }
   if (!options_.weight_stream || !options_.weight_stream->output(xn_.data(), rows, logits_.data())) {
     linear(weights_.output, xn_.data(), rows, logits_.data(), pool_);
   }
-  n_past_ += static_cast<int>(n);
 }
 
-// Grouped-query attention for the n tokens at positions n_past_.. of one layer, reading xn_
-// and writing out_ (n x d_model). Keys and values are appended to the cache first (in its
-// storage types), so each token attends to everything before it and to itself (causal).
+// Grouped-query attention for the n gathered tokens of one layer, each at its position in its
+// own sequence's cache, reading xn_ and writing out_ (n x d_model). Keys and values are
+// written to the caches first (in their storage types), so each token attends to everything
+// before it in its sequence and to itself (causal).
 void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
   const ModelConfig& c = config_;
   const int hd = c.head_dim;
@@ -207,20 +236,18 @@ void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
   const bool local = c.is_local_layer(layer);
   const float rope_base = local ? c.rope_base_local : c.rope_base;
   const float rope_scale = local ? 1.0f : c.rope_scale;
-  const size_t layer_rows = static_cast<size_t>(layer) * options_.context_size;
-  uint8_t* key_cache = key_cache_.data() + layer_rows * key_row_bytes_;
-  uint8_t* value_cache = value_cache_.data() + layer_rows * value_row_bytes_;
   for (int64_t t = 0; t < n; ++t) {
+    KvCache& cache = *token_cache_[t];
     float* q = q_.data() + t * c.q_dim();
     float* k = k_.data() + t * c.kv_dim();
     if (w.q_norm) rms_norm(q, w.q_norm.data, q, c.n_heads, hd, c.rms_eps);
     if (w.k_norm) rms_norm(k, w.k_norm.data, k, c.n_kv_heads, hd, c.rms_eps);
-    const int64_t pos = n_past_ + t;
+    const int64_t pos = token_pos_[t];
     apply_rope(q, c.n_heads, hd, c.rope_dims, c.rope_style, pos, rope_base, rope_scale);
     apply_rope(k, c.n_kv_heads, hd, c.rope_dims, c.rope_style, pos, rope_base, rope_scale);
-    quantize_row(options_.kv_type_k, k, key_cache + pos * key_row_bytes_, c.kv_dim());
-    quantize_row(options_.kv_type_v, v_.data() + t * c.kv_dim(),
-                 value_cache + pos * value_row_bytes_, c.kv_dim());
+    quantize_row(cache.key_type(), k, cache.keys(layer, pos), c.kv_dim());
+    quantize_row(cache.value_type(), v_.data() + t * c.kv_dim(), cache.values(layer, pos),
+                 c.kv_dim());
   }
 
   const int group = c.n_heads / c.n_kv_heads;
@@ -231,19 +258,21 @@ void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
       const int64_t t = job / c.n_heads;
       const int h = static_cast<int>(job % c.n_heads);
       const int kv_head = h / group;
-      const int64_t pos = n_past_ + t;
+      KvCache& cache = *token_cache_[t];
+      const int64_t pos = token_pos_[t];
       const int64_t start = local ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-      query.prepare(options_.kv_type_k, q_.data() + t * c.q_dim() + h * hd, hd);
+      query.prepare(cache.key_type(), q_.data() + t * c.q_dim() + h * hd, hd);
       const int64_t count = pos - start + 1;
-      const uint8_t* keys = key_cache + start * key_row_bytes_ + kv_head * key_head_bytes_;
-      matvec_rows(options_.kv_type_k, keys, key_row_bytes_, query, 0, count, scores);
+      const uint8_t* keys = cache.keys(layer, start) + kv_head * cache.key_head_bytes();
+      matvec_rows(cache.key_type(), keys, cache.key_row_bytes(), query, 0, count, scores);
       scale_f32(scores, c.attention_scale, count);
       softmax(scores, count);
       float* o = attn_.data() + t * c.q_dim() + h * hd;
       std::fill_n(o, hd, 0.0f);
-      const uint8_t* values = value_cache + kv_head * value_head_bytes_;
+      const size_t value_row = cache.value_row_bytes();
+      const uint8_t* values = cache.values(layer, 0) + kv_head * cache.value_head_bytes();
       for (int64_t p = start; p <= pos; ++p) {
-        axpy_row(options_.kv_type_v, values + p * value_row_bytes_, scores[p - start], o, hd);
+        axpy_row(cache.value_type(), values + p * value_row, scores[p - start], o, hd);
       }
     }
   });

@@ -14,6 +14,7 @@
 
 #include "model/config.h"
 #include "model/feed_forward.h"
+#include "model/kv_cache.h"
 #include "model/token_embedding.h"
 #include "model/weight_stream.h"
 #include "model/weights.h"
@@ -43,9 +44,19 @@ struct TransformerOptions {
   // With all_logits: how many tokens of a step keep theirs (0: max_batch). Speculative
   // decoding verifies at most --draft-max + 1 tokens a step, prompts still go max_batch at once.
   int logit_rows = 0;
+  // Sequences one pass may advance together (forward(std::span<const SequenceStep>)), each
+  // with its own KV cache and one row of logits: the server's --parallel.
+  int sequences = 1;
   int kept_logit_rows() const {
     return !all_logits ? 1 : logit_rows > 0 ? std::min(logit_rows, max_batch) : max_batch;
   }
+  int logit_buffer_rows() const { return std::max(kept_logit_rows(), std::max(sequences, 1)); }
+};
+
+// One sequence's share of a pass: its next tokens, appended to its own KV cache.
+struct SequenceStep {
+  KvCache* cache = nullptr;
+  std::span<const int32_t> tokens;
 };
 
 // "f32", "f16" or "q8_0" (llama.cpp's --cache-type-k/-v names) as the cache's TensorType.
@@ -61,6 +72,12 @@ class Transformer {
   // then tokens.size() must not exceed max_batch, and the options must have all_logits). The
   // span stays valid until the next call.
   std::span<const float> forward(std::span<const int32_t> tokens, bool all_logits = false);
+  // Several sequences in one pass (every layer's weights, on flash one read, serve them all):
+  // each step's tokens go to its own cache (capacity at most context_size()), and the result
+  // holds the logits of each step's last token, one row per step in order. At most
+  // `sequences` steps and max_batch tokens in all. A token's logits are exactly what a pass
+  // of its sequence alone gives: every row of the batch is computed on its own.
+  std::span<const float> forward(std::span<const SequenceStep> steps);
   // As forward(), without the output head: the final normalized hidden states of every token
   // (tokens.size() x d_model, at most max_batch tokens), for a loss that applies the head in
   // tiles of the vocabulary (loss/cross_entropy.h). Valid until the next call.
@@ -69,27 +86,38 @@ class Transformer {
   const Matrix* output_head() const;
   ThreadPool& pool() const { return pool_; }
 
-  int n_past() const { return n_past_; }
+  // The transformer's own cache, which forward(tokens) appends to.
+  KvCache& kv_cache() { return cache_; }
+  int n_past() const { return cache_.size(); }
   int context_size() const { return options_.context_size; }
   int max_batch() const { return options_.max_batch; }
   bool keeps_all_logits() const { return options_.all_logits; }
   int kept_logit_rows() const { return options_.kept_logit_rows(); }
-  // Forgets everything from position n on (n = 0 starts over).
-  void truncate(int n);
+  int max_sequences() const { return std::max(options_.sequences, 1); }
+  // Forgets everything from position n on in the transformer's own cache (n = 0 starts over).
+  void truncate(int n) { cache_.truncate(n); }
   const ModelConfig& config() const { return config_; }
-  size_t kv_cache_bytes() const;
+  size_t kv_cache_bytes() const { return cache_.bytes(); }
   // What a Transformer with these options will allocate, for the memory plan: its KV cache, and
   // every other buffer it holds (activations, logits, attention scratch of `threads` workers).
   static uint64_t kv_cache_bytes(const ModelConfig& config, int context_size, TensorType k,
-                                 TensorType v);
+                                 TensorType v) {
+    return KvCache::bytes(config, context_size, k, v);
+  }
   static uint64_t scratch_bytes(const ModelConfig& config, const TransformerOptions& options,
                                 int threads);
 
  private:
-  void check_tokens(std::span<const int32_t> tokens) const;
-  // The layers over `tokens`; then the output head unless `hidden_only`.
-  void forward_batch(std::span<const int32_t> tokens, bool all_logits, bool hidden_only = false);
+  void check_tokens(const KvCache& cache, std::span<const int32_t> tokens) const;
+  // Lays out a pass: the tokens of `steps` one after another in tokens_, each with its cache
+  // and position. Returns the token count.
+  int64_t gather(std::span<const SequenceStep> steps);
+  // The layers over the n gathered tokens; then the output head over the rows `logit_rows`
+  // (token indices), unless `hidden_only`. Every cache advances by its tokens.
+  void forward_batch(int64_t n, std::span<const int64_t> logit_rows, bool hidden_only = false);
   void attention(int layer, const LayerWeights& w, int64_t n_tokens);
+  // The single-sequence pass over `tokens` on the transformer's own cache.
+  void forward_own(std::span<const int32_t> tokens, bool all_logits, bool hidden_only);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
@@ -98,12 +126,14 @@ class Transformer {
   TokenEmbedding& embedding_;
   ThreadPool& pool_;
   TransformerOptions options_;
-  int n_past_ = 0;
+  KvCache cache_;
 
-  // [layer][position]: a row of kv_dim values in kv_type_k / kv_type_v, head after head.
-  std::vector<uint8_t> key_cache_, value_cache_;
-  size_t key_row_bytes_ = 0, value_row_bytes_ = 0;
-  size_t key_head_bytes_ = 0, value_head_bytes_ = 0;
+  // The pass being computed: token i is tokens_[i] of the sequence whose cache is
+  // token_cache_[i], at position token_pos_[i].
+  std::vector<int32_t> tokens_;
+  std::vector<KvCache*> token_cache_;
+  std::vector<int64_t> token_pos_;
+  std::vector<int64_t> logit_rows_;
   std::vector<float> x_, xn_, q_, k_, v_, attn_, out_, logits_;
   std::vector<float> scores_;           // [thread][context]
   std::vector<PreparedInput> queries_;  // [thread]: the query head, prepared for the keys' type

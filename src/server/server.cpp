@@ -4,12 +4,14 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <mutex>
 #include <ctime>
 #include <optional>
 #include <random>
 
 #include "common/error.h"
 #include "server/api.h"
+#include "server/batch_generator.h"
 #include "server/metrics.h"
 #include "server/session.h"
 #include "server/turn_queue.h"
@@ -67,9 +69,17 @@ struct ApiServer::Impl {
   void add_routes();
   PreparedRequest prepare(Endpoint endpoint, const std::string& body);
   ApiError unavailable() const;
-  SessionResult generate(const PreparedRequest& request, const TextCallback& on_text);
+  // The request's place in line: a turn, or with --parallel a ticket; nothing when full.
+  struct Admission {
+    std::optional<TurnQueue::Turn> turn;
+    std::optional<BatchGenerator::Ticket> ticket;
+  };
+  Admission admit(const PreparedRequest& request);
+  SamplingParams sampling(const PreparedRequest& request);
+  SessionResult generate(const PreparedRequest& request, Admission admission,
+                         const TextCallback& on_text);
   void handle_generation(Endpoint endpoint, const httplib::Request& req, httplib::Response& res);
-  bool stream(const PreparedRequest& request, httplib::DataSink& sink);
+  bool stream(const PreparedRequest& request, Admission admission, httplib::DataSink& sink);
 
   Engine& engine;
   const Tokenizer& tokenizer;
@@ -79,11 +89,13 @@ struct ApiServer::Impl {
   std::unique_ptr<Drafter> drafter;  // before the session, which uses it
   Session session;
   TurnQueue queue;
+  std::unique_ptr<BatchGenerator> batch;  // --parallel > 1
   Metrics metrics;
   httplib::Server http;
   std::atomic<bool> stopping{false};
   std::atomic<uint64_t> next_id{0};
-  std::mt19937_64 seeds{std::random_device{}()};  // used under the turn only
+  std::mutex seeds_mutex;  // requests are admitted from several threads at once
+  std::mt19937_64 seeds{std::random_device{}()};
 };
 
 ApiServer::Impl::Impl(Engine& engine_, ServerOptions options_)
@@ -96,7 +108,20 @@ ApiServer::Impl::Impl(Engine& engine_, ServerOptions options_)
       session(engine_, engine_.model().tokenizer,
               DecodeOptions{.drafter = drafter.get(), .max_tokens = options.draft_max}),
       queue(options.max_queue) {
-  const size_t threads = static_cast<size_t>(options.max_queue) + 1 + kSpareThreads;
+  if (options.parallel > 1) {
+    if (drafter) {
+      fail("speculative decoding (--draft) and --parallel {} do not go together yet: each pass "
+           "verifies one sequence's drafts; pick one",
+           options.parallel);
+    }
+    if (engine.sequences() != options.parallel) {
+      fail("internal error: --parallel {} needs an engine with {} KV caches, not {}",
+           options.parallel, options.parallel, engine.sequences());
+    }
+    batch = std::make_unique<BatchGenerator>(engine, tokenizer, options.max_queue);
+  }
+  const size_t threads =
+      static_cast<size_t>(options.max_queue + options.parallel) + kSpareThreads;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(options.max_body);
   add_routes();
@@ -158,23 +183,52 @@ ApiError ApiServer::Impl::unavailable() const {
                   {}, "server_busy", "server_error");
 }
 
-SessionResult ApiServer::Impl::generate(const PreparedRequest& request,
-                                        const TextCallback& on_text) {
+SamplingParams ApiServer::Impl::sampling(const PreparedRequest& request) {
   SamplingParams sampling = request.params.sampling;
-  if (!request.params.seed_given) sampling.seed = seeds();
-  const SessionResult result =
-      session.run({request.prompt, request.max_tokens, sampling, request.params.stop,
-                   [this] { return stopping.load(); }},
-                  [&](std::string_view text) { return !stopping && on_text(text); });
-  GenerationRecord record{.prompt_tokens = result.prompt_tokens,
-                          .reused_tokens = result.reused_tokens,
-                          .completion_tokens = result.completion_tokens,
-                          .decode_tokens_per_second = result.stats.decode_tokens_per_second()};
-  if (const FlashStats* flash = engine.flash_stats()) record.flash_bytes_read = flash->bytes_read;
-  if (const SparseStats* sparse = engine.sparse_stats(); sparse && sparse->neurons_active > 0) {
-    record.cache_hit_rate =
-        static_cast<double>(sparse->cache_hits) / static_cast<double>(sparse->neurons_active);
+  if (!request.params.seed_given) {
+    std::lock_guard lock(seeds_mutex);
+    sampling.seed = seeds();
   }
+  return sampling;
+}
+
+ApiServer::Impl::Admission ApiServer::Impl::admit(const PreparedRequest& request) {
+  Admission admission;
+  if (batch) {
+    admission.ticket = batch->submit({request.prompt, request.max_tokens, sampling(request),
+                                      request.params.stop, [this] { return stopping.load(); }});
+    if (!admission.ticket) throw unavailable();
+  } else {
+    std::optional<TurnQueue::Turn> turn = queue.acquire();
+    if (!turn) throw unavailable();
+    admission.turn.emplace(std::move(*turn));
+  }
+  return admission;
+}
+
+SessionResult ApiServer::Impl::generate(const PreparedRequest& request, Admission admission,
+                                        const TextCallback& on_text) {
+  const auto text = [&](std::string_view piece) { return !stopping && on_text(piece); };
+  GenerationRecord record;
+  SessionResult result;
+  if (admission.ticket) {
+    result = batch->wait(std::move(*admission.ticket), text);
+  } else {
+    result = session.run({request.prompt, request.max_tokens, sampling(request),
+                          request.params.stop, [this] { return stopping.load(); }},
+                         text);
+    // The engine's counters are read under the turn; with --parallel they change under every
+    // request at once, so they are left out there.
+    if (const FlashStats* flash = engine.flash_stats()) record.flash_bytes_read = flash->bytes_read;
+    if (const SparseStats* sparse = engine.sparse_stats(); sparse && sparse->neurons_active > 0) {
+      record.cache_hit_rate =
+          static_cast<double>(sparse->cache_hits) / static_cast<double>(sparse->neurons_active);
+    }
+  }
+  record.prompt_tokens = result.prompt_tokens;
+  record.reused_tokens = result.reused_tokens;
+  record.completion_tokens = result.completion_tokens;
+  record.decode_tokens_per_second = result.stats.decode_tokens_per_second();
   metrics.record_generation(record);
   return result;
 }
@@ -188,20 +242,19 @@ void ApiServer::Impl::handle_generation(Endpoint endpoint, const httplib::Reques
                                       options.max_body));
     }
     auto request = std::make_shared<PreparedRequest>(prepare(endpoint, req.body));
-    std::optional<TurnQueue::Turn> turn = queue.acquire();
-    if (!turn) throw unavailable();
+    Admission admission = admit(*request);
     if (request->params.stream) {
-      // httplib calls the provider after this handler returns, so the turn goes with it.
-      auto held = std::make_shared<TurnQueue::Turn>(std::move(*turn));
+      // httplib calls the provider after this handler returns, so the admission goes with it.
+      auto held = std::make_shared<Admission>(std::move(admission));
       res.set_header("Cache-Control", "no-cache");
       res.set_chunked_content_provider("text/event-stream",
                                        [this, request, held](size_t, httplib::DataSink& sink) {
-                                         return stream(*request, sink);
+                                         return stream(*request, std::move(*held), sink);
                                        });
       return;
     }
     std::string text;
-    const SessionResult result = generate(*request, [&](std::string_view piece) {
+    const SessionResult result = generate(*request, std::move(admission), [&](std::string_view piece) {
       text += piece;
       return true;
     });
@@ -216,7 +269,8 @@ void ApiServer::Impl::handle_generation(Endpoint endpoint, const httplib::Reques
 }
 
 // Returns false to have httplib close the connection: the client left, or the server stops.
-bool ApiServer::Impl::stream(const PreparedRequest& request, httplib::DataSink& sink) {
+bool ApiServer::Impl::stream(const PreparedRequest& request, Admission admission,
+                             httplib::DataSink& sink) {
   const ResponseMeta& meta = request.meta;
   const auto send = [&sink](const std::string& event) {
     return sink.write(event.data(), event.size());
@@ -227,7 +281,7 @@ bool ApiServer::Impl::stream(const PreparedRequest& request, httplib::DataSink& 
   }
   SessionResult result;
   try {
-    result = generate(request, [&](std::string_view text) {
+    result = generate(request, std::move(admission), [&](std::string_view text) {
       // A write fails once the client has gone, which cancels the generation.
       return text.empty() ? sink.is_writable() : send(sse_event(chunk_body(meta, text, "")));
     });
@@ -273,7 +327,8 @@ void ApiServer::Impl::add_routes() {
     send_json(res, {{"status", stopping ? "stopping" : "ok"}});
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics.render(queue.waiting(), queue.busy()),
+    res.set_content(batch ? metrics.render(batch->waiting(), batch->running() > 0)
+                          : metrics.render(queue.waiting(), queue.busy()),
                     "text/plain; version=0.0.4; charset=utf-8");
   });
   // Errors httplib raises itself (unknown path, body over the limit) come without a body.
@@ -321,6 +376,7 @@ void ApiServer::listen() { impl_->http.listen_after_bind(); }
 void ApiServer::stop() {
   impl_->stopping = true;
   impl_->queue.close();
+  if (impl_->batch) impl_->batch->close();
   impl_->http.stop();
 }
 

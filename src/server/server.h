@@ -1,8 +1,10 @@
 // `flashlm serve`: an OpenAI-compatible HTTP server for one model.
 //   POST /v1/completions, POST /v1/chat/completions (stream or not), GET /v1/models,
 //   GET /health, GET /metrics (Prometheus).
-// One generation runs at a time; up to max_queue requests wait for their turn, and further
-// ones get 503. A streaming client that disconnects cancels its generation.
+// One generation runs at a time, or with `parallel` N > 1 up to N together, each pass of the
+// model advancing all of them (continuous batching, server/batch_generator.h); up to max_queue
+// requests wait for their turn, and further ones get 503. A streaming client that disconnects
+// cancels its generation.
 #pragma once
 
 #include <cstddef>
@@ -21,6 +23,8 @@ struct ServerOptions {
   std::string model_id;       // what clients call the model: the file name
   std::string draft = "none";  // speculative decoding for every request (make_drafter)
   int draft_max = 8;
+  // Requests generating together; the engine needs EngineOptions::sequences = parallel.
+  int parallel = 1;
 };
 
 class ApiServer {

@@ -351,3 +351,50 @@ def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_ser
             else (lambda r: r.json()["choices"][0]["text"])
         assert pick(a) == pick(b), body
         assert a.json()["usage"] == b.json()["usage"]
+
+
+def test_parallel_requests_get_what_each_gets_alone(server, make_server):
+    """`serve --parallel 4`: six requests at once (two wait for a slot), each answered with
+    what the one-at-a-time server answers it, streamed or not, greedy and seeded."""
+    parallel = make_server("--parallel", "4", "--max-queue", "4", context=4 * CONTEXT)
+    bodies = [
+        {"prompt": COUNTING, "max_tokens": 24, "temperature": 0},
+        {"prompt": "The Elliots of Kellynch Hall", "max_tokens": 20, "temperature": 0.8,
+         "seed": 7},
+        {"messages": CHAT, "max_tokens": 16, "temperature": 0},
+        {"messages": [{"role": "user", "content": "Write a haiku about flash memory."}],
+         "max_tokens": 20, "temperature": 0.7, "seed": 3},
+        {"prompt": "def fibonacci(n):", "max_tokens": 30, "temperature": 0, "stop": ["\n\n"]},
+        {"prompt": COUNTING, "max_tokens": 12, "temperature": 0, "stream": True},
+    ]
+
+    def answer(target, body):
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        r = post(target, path, body, stream=body.get("stream", False))
+        assert r.status_code == 200, r.text
+        if body.get("stream"):
+            pieces = []
+            for line in r.iter_lines():
+                if line.startswith(b"data: ") and line != b"data: [DONE]":
+                    pieces.append(json.loads(line[6:])["choices"][0]["text"])
+            return "".join(pieces)
+        choice = r.json()["choices"][0]
+        return (choice["message"]["content"] if "messages" in body else choice["text"],
+                choice["finish_reason"], r.json()["usage"])
+
+    alone = [answer(server, body) for body in bodies]
+    together = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def worker(i):
+        barrier.wait()
+        together[i] = answer(parallel, bodies[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for body, a, b in zip(bodies, alone, together):
+        assert a == b, body
+    assert_healthy(parallel)
