@@ -3,12 +3,16 @@
 // the inference engine with the same adapter, and both optimizers lowering the loss.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "model/weight_pager.h"
 #include "support/test_model.h"
 #include "train/finetune.h"
 #include "train/lora_trainer.h"
@@ -184,6 +188,88 @@ TEST(Finetune, ResumingFromACheckpointContinuesExactly) {
         EXPECT_EQ(resumed.layers[l][t].b, straight.layers[l][t].b);
       }
     }
+  }
+}
+
+}  // namespace
+}  // namespace flashlm
+
+namespace flashlm {
+namespace {
+
+// What this process holds of the mapping that contains `address` (its Rss in smaps).
+uint64_t mapping_resident_bytes(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const uintptr_t at = reinterpret_cast<uintptr_t>(address);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    unsigned long begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find(':') > 8) {
+      inside = at >= begin && at < end;
+    } else if (inside && line.starts_with("Rss:")) {
+      return std::stoull(line.substr(4)) * 1024;
+    }
+  }
+  return 0;
+}
+
+// The base weights on flash (a WeightPager): the same loss and gradients to the bit, and the
+// layers and the head leave memory once the passes are done with them.
+TEST(Finetune, WeightsOnFlashGiveTheSameGradientsAndLeaveMemory) {
+  const std::string path = testing::temp_path("ft-pager.gguf");
+  testing::write_tiny_model(path, {.d_model = 1024, .d_ff = 1024, .n_heads = 8, .n_kv_heads = 4, .tied_embeddings = false});
+  const auto model = Model::load(path);
+  const WeightPager pager(*model->file, model->weights);
+  ThreadPool pool(2);
+  const std::vector<TrainingSample> train = text_samples(model->tokenizer, kText, 24);
+  LoraAdapter a = new_adapter(model->config, 4, 8, parse_lora_targets("all"), 5);
+  for (auto& layer : a.layers) {
+    for (LoraPair& p : layer) {
+      for (size_t i = 0; i < p.b.size(); ++i) p.b[i] = 0.02f * std::cos(0.7f * i);
+    }
+  }
+  LoraGradients in_dram = zero_gradients_like(a), on_flash = zero_gradients_like(a);
+  LoraTrainer plain(model->config, model->weights, a, 1.0f, pool, 24);
+  LoraTrainer paged(model->config, model->weights, a, 1.0f, pool, 24, &pager);
+  const double loss = plain.loss(train[0].tokens, train[0].mask, &in_dram);
+  const void* mapping = model->weights.output.data;
+  const uint64_t all_in = mapping_resident_bytes(mapping);
+  uint64_t weights = model->weights.output.bytes() + model->weights.token_embedding.bytes();
+  for (const LayerWeights& w : model->weights.layers) {
+    weights += w.wq.bytes() + w.wk.bytes() + w.wv.bytes() + w.wo.bytes() + w.ffn_gate.bytes() +
+               w.ffn_up.bytes() + w.ffn_down.bytes();
+  }
+  EXPECT_GE(all_in, weights * 9 / 10);  // the plain pass touched every weight
+  EXPECT_EQ(paged.loss(train[0].tokens, train[0].mask, &on_flash), loss);
+  for (size_t l = 0; l < a.layers.size(); ++l) {
+    for (size_t m = 0; m < a.layers[l].size(); ++m) {
+      EXPECT_EQ(on_flash.layers[l][m].a, in_dram.layers[l][m].a) << l << " " << m;
+      EXPECT_EQ(on_flash.layers[l][m].b, in_dram.layers[l][m].b) << l << " " << m;
+    }
+  }
+  // Afterwards the process holds the pages that tensors share with their neighbours and the
+  // norms: a few pages a tensor, nothing like a layer.
+  EXPECT_LT(mapping_resident_bytes(mapping), pager.largest_layer_bytes() / 4);
+}
+
+TEST(Finetune, MemoryPlanKeepsTheWeightsInDramWhenTheyFitAndRefusesTooLittle) {
+  const std::string path = testing::temp_path("ft-plan.gguf");
+  testing::write_tiny_model(path, {.n_layers = 6, .d_model = 256, .d_ff = 1024});
+  const auto model = Model::load(path);
+  const WeightPager pager(*model->file, model->weights);
+  const auto plan = [&](uint64_t budget) {
+    return plan_training_memory(model->config, model->weights, pager.largest_layer_bytes(),
+                                1000, "adamw", 64, 50 << 20, budget);
+  };
+  EXPECT_FALSE(plan(1ull << 32).weights_on_flash);
+  const TrainingMemory everything = plan(1ull << 32);
+  EXPECT_TRUE(plan(everything.total() - 1).weights_on_flash);
+  try {
+    plan(40 << 20);
+    FAIL() << "a budget under the process itself was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("raise --mem-budget"), std::string::npos) << e.what();
   }
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 
 #include "cli/commands.h"
 #include "common/error.h"
@@ -11,6 +12,8 @@
 #include "common/text_file.h"
 #include "common/thread_pool.h"
 #include "engine/model.h"
+#include "flash/memory_plan.h"
+#include "model/weight_pager.h"
 #include "train/finetune.h"
 #include "train/loss_plot.h"
 
@@ -49,6 +52,22 @@ void run_finetune(FinetuneCliOptions& o) {
     t.steps = static_cast<int>((static_cast<int64_t>(o.epochs) * train.size() + t.batch - 1) / t.batch);
   }
   LoraAdapter adapter = new_adapter(model->config, o.rank, o.alpha, targets, t.seed);
+  // Under a budget, the base weights stay on flash unless all of them fit (MeBP).
+  std::optional<WeightPager> pager;
+  if (!o.common.engine.mem_budget.empty()) {
+    const uint64_t budget =
+        parse_memory_budget(o.common.engine.mem_budget, model->file->file_size());
+    pager.emplace(*model->file, model->weights);
+    const TrainingMemory memory = plan_training_memory(
+        model->config, model->weights, pager->largest_layer_bytes(), adapter.parameters(),
+        t.optimizer, longest_sequence(train, eval), resident_set_bytes(), budget);
+    std::fprintf(stderr, "%s\n", memory.describe(budget).c_str());
+    if (memory.weights_on_flash) {
+      t.pager = &*pager;
+    } else {
+      pager.reset();
+    }
+  }
   if (t.checkpoint_every > 0) t.checkpoint_path = o.output + ".checkpoint";
   std::fprintf(stderr,
                "finetune: %s, LoRA rank %d alpha %g on %s (%.2f M parameters), %zu training "
@@ -122,6 +141,9 @@ void register_finetune_command(CLI::App& app) {
   cmd->add_option("--eval-file", o->eval_file, "Held-out data, evaluated every --eval-every steps")
       ->check(CLI::ExistingFile);
   cmd->add_option("-o,--output", o->output, "The adapter to write")->capture_default_str();
+  cmd->add_option("--mem-budget", o->common.engine.mem_budget,
+                  "Everything the process may hold (e.g. 300M, 1G, or 50% of the model file): "
+                  "the base weights stay on flash, read a layer at a time, unless all fit");
   cmd->add_option("--lora-rank", o->rank, "Rank of each adapter pair")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();

@@ -238,6 +238,29 @@ std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
   return file;
 }
 
+void GgufFile::prefetch(std::span<const uint8_t> bytes) const {
+  if (bytes.empty()) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(bytes.data()) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(bytes.data() + bytes.size());
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);
+}
+
+void GgufFile::read_only_what_is_touched() const {
+  madvise(const_cast<uint8_t*>(map_), size_, MADV_RANDOM);
+}
+
+void GgufFile::release(std::span<const uint8_t> bytes) const {
+  // Only the pages wholly inside: a page shared with a neighbouring tensor stays.
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(bytes.data()) + page - 1) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(bytes.data() + bytes.size()) & ~(page - 1);
+  if (end <= begin) return;
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  const off_t offset = static_cast<off_t>(begin - reinterpret_cast<uintptr_t>(map_));
+  posix_fadvise(fd_, offset, static_cast<off_t>(end - begin), POSIX_FADV_DONTNEED);
+}
+
 GgufFile::~GgufFile() {
   if (map_) {
     unregister_mapped_file(map_);

@@ -104,6 +104,17 @@ class GgufFile {
   // A file read once and copied (thresholds, predictors): on close, its pages leave the page
   // cache too, so they do not stay charged to a memory budget the plan does not count them in.
   void drop_page_cache_on_close() { drop_page_cache_ = true; }
+  // Paging of the mapping, for a reader that goes through the weights a part at a time and
+  // means to hold only that part (training with the base weights left on flash): prefetch()
+  // starts reading `bytes` (a span inside the mapping) in the background; release() drops the
+  // whole pages inside it from this process and from the page cache, so that they are read
+  // from the file again when next touched. Both are hints: a failure costs only time.
+  void prefetch(std::span<const uint8_t> bytes) const;
+  void release(std::span<const uint8_t> bytes) const;
+  // For such a reader: a page fault reads that page alone, not the kernel's readahead window
+  // around it, which would bring back the neighbours of what was just released (prefetch()
+  // does the reading ahead, of exactly what comes next).
+  void read_only_what_is_touched() const;
 
  private:
   GgufFile() = default;

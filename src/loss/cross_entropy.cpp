@@ -72,9 +72,12 @@ void tiled_cross_entropy(const Matrix& w, const float* h, int64_t n, const int32
   std::vector<float> running_max(n, -std::numeric_limits<float>::infinity());
   std::vector<double> running_sum(n, 0.0);
   std::vector<float> target_logit(n, 0.0f);
+  if (o.prefetch_rows) o.prefetch_rows(0, tile);
   for (int64_t v0 = 0; v0 < w.rows; v0 += tile) {
     const int64_t v1 = std::min(w.rows, v0 + tile), count = v1 - v0;
+    if (o.prefetch_rows) o.prefetch_rows(v1, v1 + tile);
     tile_logits(w, xs, v0, v1, tile, logits.data(), pool);
+    if (o.release_rows) o.release_rows(v0, v1);
     // Fold the tile into each token's running log-sum-exp: sum * e^(old max - new max).
     pool.parallel_for(n, [&](int64_t begin, int64_t end, int) {
       for (int64_t t = begin; t < end; ++t) {
@@ -106,8 +109,10 @@ void tiled_cross_entropy_backward(const Matrix& w, const float* h, int64_t n,
   std::vector<float> coeff(static_cast<size_t>(tile * n));  // [row][token]: grad_t * softmax
   std::vector<uint8_t> keep(static_cast<size_t>(tile));
   TiledLossStats local;
+  if (o.prefetch_rows) o.prefetch_rows(0, tile);
   for (int64_t v0 = 0; v0 < w.rows; v0 += tile) {
     const int64_t v1 = std::min(w.rows, v0 + tile), count = v1 - v0;
+    if (o.prefetch_rows) o.prefetch_rows(v1, v1 + tile);
     tile_logits(w, xs, v0, v1, tile, logits.data(), pool);
     // The softmax from the forward's lse, transposed to one coefficient per token per row; a
     // row is kept when any token's softmax reaches the filter.
@@ -133,10 +138,14 @@ void tiled_cross_entropy_backward(const Matrix& w, const float* h, int64_t n,
       }
     });
     for (int64_t v = 0; v < count; ++v) (keep[v] ? local.rows_computed : local.rows_skipped) += 1;
-  }
-  // The target's part, - grad_t * W_{y_t}, whatever the filter did with its row.
-  for (int64_t t = 0; t < n; ++t) {
-    if (grad[t] != 0.0f) axpy_row(w.type, w.row(targets[t]), -grad[t], dh + t * d, d);
+    // The target's part, - grad_t * W_{y_t}, whatever the filter did with its row: with its
+    // tile, so that a head on flash is read once.
+    for (int64_t t = 0; t < n; ++t) {
+      if (grad[t] != 0.0f && targets[t] >= v0 && targets[t] < v1) {
+        axpy_row(w.type, w.row(targets[t]), -grad[t], dh + t * d, d);
+      }
+    }
+    if (o.release_rows) o.release_rows(v0, v1);
   }
   if (stats) {
     stats->rows_computed += local.rows_computed;

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/weights.h"
@@ -29,6 +30,10 @@ struct TiledLossOptions {
   // 262,144) 2^-12 skipped 95% of the rows and moved the gradient by 7%, 1e-6 skips 72% and
   // moves it by 0.2%, at half the time of no filter (bench/loss_memory.cpp).
   float filter = 1e-6f;
+  // With the head left on flash (training under a memory budget, model/weight_pager.h): called
+  // with the rows of the next tile while one computes (to start reading them), and with a
+  // tile's rows once it is done (to drop them from memory). Empty: the head stays in DRAM.
+  std::function<void(int64_t begin, int64_t end)> prefetch_rows, release_rows;
 };
 
 struct TiledLossStats {

@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
+#include "loss/cross_entropy.h"
 #include "train/lora_trainer.h"
 
 namespace flashlm {
@@ -252,10 +253,65 @@ float learning_rate(const FinetuneOptions& o, int step) {
   return static_cast<float>(o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine));
 }
 
-double evaluate_loss(const ModelConfig& config, const ModelWeights& weights,
-                     LoraAdapter& adapter, const std::vector<TrainingSample>& samples, int limit,
-                     ThreadPool& pool, int max_tokens) {
-  LoraTrainer trainer(config, weights, adapter, 1.0f, pool, max_tokens);
+int longest_sequence(const std::vector<TrainingSample>& train,
+                     const std::vector<TrainingSample>& eval) {
+  int most = 2;
+  for (const auto* set : {&train, &eval}) {
+    for (const TrainingSample& s : *set) {
+      most = std::max<int>(most, static_cast<int>(s.tokens.size()) - 1);
+    }
+  }
+  return most;
+}
+
+std::string TrainingMemory::describe(uint64_t budget) const {
+  const auto mib = [](uint64_t b) { return static_cast<double>(b) / (1 << 20); };
+  return fmt::format(
+      "training memory: {:.1f} of the {:.1f} MiB budget: base weights {:.1f} MiB ({}), adapter "
+      "state {:.1f} MiB, activations {:.1f} MiB, the process itself {:.1f} MiB, reserve {:.1f} "
+      "MiB",
+      mib(total()), mib(budget), mib(weights),
+      weights_on_flash ? "on flash: two layers and two tiles of the head in DRAM at a time"
+                       : "all in DRAM",
+      mib(adapter), mib(activations), mib(process), mib(reserve));
+}
+
+TrainingMemory plan_training_memory(const ModelConfig& config, const ModelWeights& weights,
+                                    uint64_t largest_layer_bytes, int64_t adapter_parameters,
+                                    const std::string& optimizer, int max_tokens,
+                                    uint64_t process_bytes, uint64_t budget) {
+  TrainingMemory m;
+  m.process = process_bytes;
+  const uint64_t floats_per_parameter = optimizer == "mezo" ? 1 : 4;
+  m.adapter = static_cast<uint64_t>(adapter_parameters) * floats_per_parameter * sizeof(float);
+  const TiledLossOptions loss;
+  m.activations = LoraTrainer::scratch_bytes(config, max_tokens) +
+                  tiled_loss_scratch_bytes(weights.output, max_tokens, loss);
+  uint64_t all_weights = weights.output.bytes() + weights.token_embedding.bytes();
+  for (const LayerWeights& w : weights.layers) {
+    for (const Matrix* x : {&w.wq, &w.wk, &w.wv, &w.wo, &w.ffn_gate, &w.ffn_up, &w.ffn_down}) {
+      all_weights += x->bytes();
+    }
+  }
+  const uint64_t tile = static_cast<uint64_t>(std::min<int64_t>(loss.tile, weights.output.rows));
+  m.weights = all_weights;
+  m.reserve = (9ull << 20) + (m.adapter + m.activations) / 64;
+  if (m.total() <= budget) return m;
+  m.weights_on_flash = true;
+  m.weights = 2 * largest_layer_bytes + 2 * tile * weights.output.row_bytes;
+  if (m.total() > budget) {
+    fail("the memory budget of {:.1f} MiB is too small to fine-tune this model: it needs at "
+         "least {:.1f} MiB with the base weights on flash ({}); raise --mem-budget, or pass a "
+         "smaller -c, --lora-rank or --lora-modules",
+         static_cast<double>(budget) / (1 << 20), static_cast<double>(m.total()) / (1 << 20),
+         m.describe(budget));
+  }
+  return m;
+}
+
+namespace {
+
+double mean_loss(LoraTrainer& trainer, const std::vector<TrainingSample>& samples, int limit) {
   double total = 0;
   int64_t count = 0;
   const size_t n = limit > 0 ? std::min<size_t>(samples.size(), limit) : samples.size();
@@ -266,6 +322,15 @@ double evaluate_loss(const ModelConfig& config, const ModelWeights& weights,
   return count > 0 ? total / static_cast<double>(count) : 0.0;
 }
 
+}  // namespace
+
+double evaluate_loss(const ModelConfig& config, const ModelWeights& weights,
+                     LoraAdapter& adapter, const std::vector<TrainingSample>& samples, int limit,
+                     ThreadPool& pool, int max_tokens, const WeightPager* pager) {
+  LoraTrainer trainer(config, weights, adapter, 1.0f, pool, max_tokens, pager);
+  return mean_loss(trainer, samples, limit);
+}
+
 void finetune(const ModelConfig& config, const ModelWeights& weights, LoraAdapter& adapter,
               const std::vector<TrainingSample>& train, const std::vector<TrainingSample>& eval,
               const FinetuneOptions& o, ThreadPool& pool,
@@ -273,15 +338,12 @@ void finetune(const ModelConfig& config, const ModelWeights& weights, LoraAdapte
   if (train.empty()) fail("no training sequences");
   if (o.steps < 1 || o.batch < 1) fail("--steps and --batch must be at least 1");
   if (!(o.lr > 0) || !std::isfinite(o.lr)) fail("--lr must be a positive number (got {})", o.lr);
-  int max_tokens = 2;
-  for (const auto* set : {&train, &eval}) {
-    for (const TrainingSample& s : *set) max_tokens = std::max<int>(max_tokens, static_cast<int>(s.tokens.size()) - 1);
-  }
+  const int max_tokens = longest_sequence(train, eval);
   if (o.optimizer != "adamw" && o.optimizer != "mezo") {
     fail("unknown optimizer '{}': the choices are adamw (backpropagation) and mezo", o.optimizer);
   }
   const bool mezo = o.optimizer == "mezo";
-  LoraTrainer trainer(config, weights, adapter, 1.0f, pool, max_tokens);
+  LoraTrainer trainer(config, weights, adapter, 1.0f, pool, max_tokens, o.pager);
   LoraGradients grad = mezo ? LoraGradients{} : zero_gradients_like(adapter);
   std::vector<AdamW> adam;  // one state per matrix (none for MeZO)
   for (auto& layer : adapter.layers) {
@@ -291,9 +353,8 @@ void finetune(const ModelConfig& config, const ModelWeights& weights, LoraAdapte
       adam.emplace_back(p.b.size(), o.weight_decay);
     }
   }
-  auto held_out = [&] {
-    return evaluate_loss(config, weights, adapter, eval, o.eval_samples, pool, max_tokens);
-  };
+  // The held-out loss on the training's own trainer (its buffers serve a pass either way).
+  auto held_out = [&] { return mean_loss(trainer, eval, o.eval_samples); };
   TrainingState state;
   state.order.resize(train.size());
   std::iota(state.order.begin(), state.order.end(), 0);

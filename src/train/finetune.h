@@ -17,6 +17,7 @@
 namespace flashlm {
 
 class ThreadPool;
+class WeightPager;
 
 // One training sequence: tokens, and a weight for each target (tokens[t + 1], so
 // tokens.size() - 1 of them): 1 where the loss counts, 0 where it does not (prompts).
@@ -64,9 +65,35 @@ struct FinetuneOptions {
   int checkpoint_every = 0;
   std::string checkpoint_path;
   std::string resume_path;
+  // The base weights left on flash, read a layer at a time (LoraTrainer); null: in DRAM.
+  const WeightPager* pager = nullptr;
 };
 
 float learning_rate(const FinetuneOptions& o, int step);  // step 1..steps
+
+// The most tokens a training pass takes (targets of the longest sequence, at least 2).
+int longest_sequence(const std::vector<TrainingSample>& train,
+                     const std::vector<TrainingSample>& eval);
+
+// What fine-tuning holds, for --mem-budget: with the base weights on flash (a WeightPager),
+// two layers of them (one computing, the next being read) and two tiles of the output head;
+// otherwise all of them.
+struct TrainingMemory {
+  uint64_t process = 0;      // measured before training: code, libraries, tokenizer, data
+  uint64_t adapter = 0;      // the adapter; with AdamW also its gradient and two moments
+  uint64_t activations = 0;  // checkpoints, a layer's intermediates, the loss's tiles
+  uint64_t weights = 0;
+  uint64_t reserve = 0;      // allocator slack, thread stacks, page cache of code
+  bool weights_on_flash = false;
+  uint64_t total() const { return process + adapter + activations + weights + reserve; }
+  std::string describe(uint64_t budget) const;
+};
+// The plan for `budget` bytes: the weights in DRAM when everything fits, else on flash; an
+// Error naming every part when even that does not fit.
+TrainingMemory plan_training_memory(const ModelConfig& config, const ModelWeights& weights,
+                                    uint64_t largest_layer_bytes, int64_t adapter_parameters,
+                                    const std::string& optimizer, int max_tokens,
+                                    uint64_t process_bytes, uint64_t budget);
 
 struct StepReport {
   int step = 0, steps = 0;
@@ -82,7 +109,7 @@ struct StepReport {
 // adapter applied at scale 1.
 double evaluate_loss(const ModelConfig& config, const ModelWeights& weights,
                      LoraAdapter& adapter, const std::vector<TrainingSample>& samples, int limit,
-                     ThreadPool& pool, int max_tokens);
+                     ThreadPool& pool, int max_tokens, const WeightPager* pager = nullptr);
 
 // Trains `adapter` in place; `report` is called after every step (step 0: the evaluation
 // before training, when there is held-out data).

@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "loss/cross_entropy.h"
+#include "model/weight_pager.h"
 #include "ops/ops.h"
 #include "quant/kernels.h"
 #include "train/backward.h"
@@ -39,13 +40,15 @@ uint64_t LoraTrainer::scratch_bytes(const ModelConfig& c, int n) {
 }
 
 LoraTrainer::LoraTrainer(const ModelConfig& config, const ModelWeights& weights,
-                         LoraAdapter& adapter, float scale, ThreadPool& pool, int max_tokens)
+                         LoraAdapter& adapter, float scale, ThreadPool& pool, int max_tokens,
+                         const WeightPager* pager)
     : config_(config),
       weights_(weights),
       adapter_(adapter),
       scale_(scale),
       pool_(pool),
       max_tokens_(max_tokens),
+      pager_(pager),
       embedding_(weights.token_embedding) {
   if (config.value_dim != config.head_dim) {
     fail("fine-tuning needs values as wide as keys per head (this model: {} and {})",
@@ -244,22 +247,40 @@ double LoraTrainer::loss(std::span<const int32_t> tokens, std::span<const float>
   }
   const int64_t d = c.d_model;
   const std::span<const int32_t> inputs = tokens.first(n);
+  // With the weights on flash, each layer is read in while the one before computes and dropped
+  // after it; the last stays for the backward, which starts with it.
+  const auto enter = [&](int layer) {
+    if (pager_) pager_->prefetch_layer(layer);
+  };
+  const auto leave = [&](int layer) {
+    if (pager_) pager_->release_layer(layer);
+  };
+  TiledLossOptions head;
+  if (pager_) {
+    head.prefetch_rows = [&](int64_t b, int64_t e) { pager_->prefetch_output_rows(b, e); };
+    head.release_rows = [&](int64_t b, int64_t e) { pager_->release_output_rows(b, e); };
+  }
+
   // Forward, keeping each layer's input.
+  enter(0);
   float* x = checkpoints_.data();
   embedding_.rows(inputs, x);
+  if (pager_) pager_->release_embedding();
   if (c.scale_embeddings) scale_f32(x, std::sqrt(static_cast<float>(d)), n * d);
   final_x_.resize(n * d);
   for (int l = 0; l < c.n_layers; ++l) {
     float* out = l + 1 < c.n_layers ? checkpoints_.data() + (l + 1) * static_cast<size_t>(max_tokens_) * d
                                     : final_x_.data();
+    enter(l + 1);
     layer_forward(l, checkpoints_.data() + l * static_cast<size_t>(max_tokens_) * d, n, out);
+    if (!grad || l + 1 < c.n_layers) leave(l);
   }
   hidden_.resize(n * d);
   rms_norm(final_x_.data(), weights_.output_norm.data, hidden_.data(), n, d, c.rms_eps);
   std::vector<float> nll(n), lse(n);
   const std::span<const int32_t> targets = tokens.subspan(1);
   tiled_cross_entropy(weights_.output, hidden_.data(), n, targets.data(), nll.data(), lse.data(),
-                      pool_);
+                      pool_, head);
   double total = 0;
   for (int64_t t = 0; t < n; ++t) total += double{weight[t]} * nll[t];
   if (!grad) return total;
@@ -267,14 +288,16 @@ double LoraTrainer::loss(std::span<const int32_t> tokens, std::span<const float>
   // Backward: the loss, the final norm, then each layer recomputed from its input.
   std::vector<float> dhidden(n * d, 0.0f), dx(n * d, 0.0f);
   tiled_cross_entropy_backward(weights_.output, hidden_.data(), n, targets.data(), lse.data(),
-                               weight.data(), dhidden.data(), pool_);
+                               weight.data(), dhidden.data(), pool_, head);
   rms_norm_backward(final_x_.data(), weights_.output_norm.data, dhidden.data(), dx.data(), n, d,
                     c.rms_eps);
   std::vector<float> scratch(n * d);
   for (int l = c.n_layers - 1; l >= 0; --l) {
     const float* in = checkpoints_.data() + l * static_cast<size_t>(max_tokens_) * d;
+    enter(l - 1);
     layer_forward(l, in, n, scratch.data());  // the checkpoint's recomputation
     layer_backward(l, in, n, dx.data(), *grad);
+    leave(l);
   }
   return total;
 }

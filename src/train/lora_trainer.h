@@ -20,6 +20,7 @@
 namespace flashlm {
 
 class ThreadPool;
+class WeightPager;
 
 // The gradient of every LoRA pair, in the adapter's shapes (a and b of each pair).
 using LoraGradients = LoraAdapter;
@@ -29,8 +30,10 @@ class LoraTrainer {
  public:
   // `adapter` is trained in place (its pairs give the shapes); `scale` is the user scale the
   // adapter will be applied with (1 in finetune). Sequences hold at most max_tokens tokens.
+  // With a pager, the base weights stay on flash: each layer (and each tile of the output
+  // head) is read in as the passes reach it and dropped when they leave it.
   LoraTrainer(const ModelConfig& config, const ModelWeights& weights, LoraAdapter& adapter,
-              float scale, ThreadPool& pool, int max_tokens);
+              float scale, ThreadPool& pool, int max_tokens, const WeightPager* pager = nullptr);
 
   // The loss over a sequence: token t + 1 predicted from tokens 0..t, each target weighted
   // by weight[t] (weight.size() == tokens.size() - 1; 0 leaves a target out). Returns
@@ -53,6 +56,7 @@ class LoraTrainer {
   float scale_;
   ThreadPool& pool_;
   int max_tokens_;
+  const WeightPager* pager_;
   LoraSet lora_;
   ResidentEmbedding embedding_;
   std::vector<float> checkpoints_;  // [layer][token][d]: each layer's input
