@@ -64,12 +64,12 @@ TEST(SparseFfn, AllNeuronsEqualTheDenseFfnOfTheSameWeights) {
   DenseFeedForward dense(gguf_model->config, gguf_model->weights, pool);
   const auto x = testing::random_floats(3 * 64, 42);
   std::vector<float> expected(3 * 64), got(3 * 64);
-  dense.forward(1, x.data(), 3, expected.data());
+  dense.forward({.layer = 1, .n_tokens = 3}, x.data(), expected.data());
 
   const FlashModelFile& flm = *flm_model->flash;
   FlashFeedForward flash(flm, flm_model->config, plan_memory(flm, FfnMode::Dense, 1ull << 30),
                          IoBackend::Auto, pool);
-  flash.forward(1, x.data(), 3, got.data());
+  flash.forward({.layer = 1, .n_tokens = 3}, x.data(), got.data());
   EXPECT_LT(max_abs_diff(got, expected), 5e-3);
 }
 
@@ -118,13 +118,13 @@ TEST(SparseFfn, BatchedTokensWithAThresholdEqualOneTokenAtATime) {
   for (float threshold : {0.0f, 0.05f, 0.2f}) {
     flash.set_thresholds(std::vector<float>(flm.layers().size(), threshold));
     std::vector<float> batched(kTokens * d), single(d);
-    flash.forward(1, x.data(), kTokens, batched.data());
+    flash.forward({.layer = 1, .n_tokens = kTokens}, x.data(), batched.data());
     if (threshold == 0.0f) unpruned = batched;
     if (threshold > 0.1f) {
       ASSERT_GT(max_abs_diff(batched, unpruned), 1e-4) << "the threshold pruned nothing";
     }
     for (int t = 0; t < kTokens; ++t) {
-      flash.forward(1, x.data() + t * d, 1, single.data());
+      flash.forward({.layer = 1, .n_tokens = 1}, x.data() + t * d, single.data());
       for (int i = 0; i < d; ++i) {
         ASSERT_EQ(batched[t * d + i], single[i])
             << "threshold " << threshold << ", token " << t << ", element " << i;

@@ -508,7 +508,7 @@ TEST(SparseMode, NeuronsTheReadsBringInAreComputedToo) {
                           PlannerSettings{}, pool);
     ffn.set_compute_read(compute_read);
     std::vector<float> got(d);
-    ffn.forward(layer, x.data(), 1, got.data());
+    ffn.forward({.pass = 1, .layer = layer, .n_tokens = 1}, x.data(), got.data());
     const std::vector<float>& expected = compute_read ? whole : evens;
     double diff = 0, gap = 0;
     for (int i = 0; i < d; ++i) {

@@ -139,7 +139,9 @@ void FlashFeedForward::gather_bundles(int layer) {
   stats_.memory_seconds += seconds_since(start);
 }
 
-void FlashFeedForward::forward(int layer, const float* x, int64_t n_tokens, float* out) {
+void FlashFeedForward::forward(const FfnStep& step, const float* x, float* out) {
+  const int layer = step.layer;
+  const int64_t n_tokens = step.n_tokens;
   gather_bundles(layer);
   const auto start = Clock::now();
   sparse_ffn_.forward(bundles_, x, n_tokens, out, thresholds_.empty() ? 0.0f : thresholds_[layer]);

@@ -31,7 +31,7 @@ class FlashFeedForward : public FeedForward {
                    IoBackend backend, ThreadPool& pool);
   ~FlashFeedForward() override;
 
-  void forward(int layer, const float* x, int64_t n_tokens, float* out) override;
+  void forward(const FfnStep& step, const float* x, float* out) override;
 
   // Per-layer activation thresholds (see sparse/sparsity.h); empty: every neuron counts.
   void set_thresholds(std::vector<float> thresholds);

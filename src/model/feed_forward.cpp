@@ -10,7 +10,9 @@ DenseFeedForward::DenseFeedForward(const ModelConfig& config, const ModelWeights
                                    ThreadPool& pool, const LoraSet* lora)
     : config_(config), weights_(weights), pool_(pool), lora_(lora) {}
 
-void DenseFeedForward::forward(int layer, const float* x, int64_t n_tokens, float* out) {
+void DenseFeedForward::forward(const FfnStep& step, const float* x, float* out) {
+  const int layer = step.layer;
+  const int64_t n_tokens = step.n_tokens;
   const LayerWeights& w = weights_.layers[layer];
   const size_t n = static_cast<size_t>(n_tokens) * config_.d_ff;
   if (gate_.size() < n) {

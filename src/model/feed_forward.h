@@ -14,12 +14,24 @@ namespace flashlm {
 class LoraSet;
 class ThreadPool;
 
+// One layer of one forward pass as the FFN sees it, said by the transformer rather than
+// guessed: which pass this is (the clock a neuron cache's window counts in), the layer, the
+// layer computed after it (where a read-ahead should go: the next pass's first layer after the
+// last one), and the pass's tokens and how many sequences they belong to.
+struct FfnStep {
+  uint64_t pass = 0;
+  int layer = 0;
+  int next_layer = 0;
+  int64_t n_tokens = 1;
+  int sequences = 1;
+};
+
 class FeedForward {
  public:
   virtual ~FeedForward() = default;
-  // out[t] = FFN_layer(x[t]) for t < n_tokens; x is the normalized hidden state,
+  // out[t] = FFN_layer(x[t]) for t < step.n_tokens; x is the normalized hidden state,
   // n_tokens x d_model, and out has the same shape.
-  virtual void forward(int layer, const float* x, int64_t n_tokens, float* out) = 0;
+  virtual void forward(const FfnStep& step, const float* x, float* out) = 0;
 };
 
 // All FFN weights in DRAM: down(act(gate(x)) * up(x)), each matrix with the LoRA adapters of
@@ -28,7 +40,7 @@ class DenseFeedForward : public FeedForward {
  public:
   DenseFeedForward(const ModelConfig& config, const ModelWeights& weights, ThreadPool& pool,
                    const LoraSet* lora = nullptr);
-  void forward(int layer, const float* x, int64_t n_tokens, float* out) override;
+  void forward(const FfnStep& step, const float* x, float* out) override;
 
  private:
   const ModelConfig& config_;

@@ -179,6 +179,8 @@ void Transformer::forward_batch(int64_t n, std::span<const int64_t> logit_rows,
   const ModelConfig& c = config_;
   const int64_t d = c.d_model;
   const std::span<const int32_t> tokens(tokens_.data(), static_cast<size_t>(n));
+  FfnStep step{.pass = ++passes_, .n_tokens = n, .sequences = 1};
+  for (int64_t i = 1; i < n; ++i) step.sequences += token_cache_[i] != token_cache_[i - 1];
 
   // x = embedding of each token (scaled by sqrt(d_model) in Gemma).
   const float embed_scale = c.scale_embeddings ? std::sqrt(static_cast<float>(d)) : 1.0f;
@@ -196,7 +198,9 @@ void Transformer::forward_batch(int64_t n, std::span<const int64_t> logit_rows,
     for (int64_t i = 0; i < n * d; ++i) x_[i] += out_[i];
     // x += FFN(RMSNorm(x))
     rms_norm(x_.data(), w.ffn_norm.data, xn_.data(), n, d, c.rms_eps);
-    ffn_.forward(layer, xn_.data(), n, out_.data());
+    step.layer = layer;
+    step.next_layer = (layer + 1) % c.n_layers;  // after the last, the next pass's first
+    ffn_.forward(step, xn_.data(), out_.data());
     if (w.post_ffn_norm) rms_norm(out_.data(), w.post_ffn_norm.data, out_.data(), n, d, c.rms_eps);
     for (int64_t i = 0; i < n * d; ++i) x_[i] += out_[i];
   }

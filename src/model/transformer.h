@@ -127,6 +127,7 @@ class Transformer {
   ThreadPool& pool_;
   TransformerOptions options_;
   KvCache cache_;
+  uint64_t passes_ = 0;  // forward passes so far: the FFN's clock (FfnStep::pass)
 
   // The pass being computed: token i is tokens_[i] of the sequence whose cache is
   // token_cache_[i], at position token_pos_[i].

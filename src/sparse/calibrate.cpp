@@ -22,11 +22,11 @@ class ObservedFeedForward : public FeedForward {
                       const ActivationObserver& observe)
       : dense_(dense), d_model_(d_model), activations_(d_ff), observe_(observe) {}
 
-  void forward(int layer, const float* x, int64_t n_tokens, float* out) override {
-    dense_.forward(layer, x, n_tokens, out);
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      dense_.activations(layer, x + t * d_model_, activations_.data());
-      observe_(layer, x + t * d_model_, activations_.data());
+  void forward(const FfnStep& step, const float* x, float* out) override {
+    dense_.forward(step, x, out);
+    for (int64_t t = 0; t < step.n_tokens; ++t) {
+      dense_.activations(step.layer, x + t * d_model_, activations_.data());
+      observe_(step.layer, x + t * d_model_, activations_.data());
     }
   }
 

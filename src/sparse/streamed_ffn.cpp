@@ -99,7 +99,9 @@ const uint8_t* StreamedSparseFfn::streamed_part(int layer) {
   return buffers_[computing_buffer_].data() + first_neuron_at_;
 }
 
-void StreamedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, float* out) {
+void StreamedSparseFfn::forward(const FfnStep& step, const float* x, float* out) {
+  const int layer = step.layer;
+  const int64_t n_tokens = step.n_tokens;
   const int d_ff = file_.d_ff();
   const size_t stride = file_.layout().stride;
 
@@ -108,7 +110,7 @@ void StreamedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, flo
   const uint8_t* streamed = nullptr;
   if (resident_neurons_ < d_ff) {
     streamed = streamed_part(layer);
-    if (overlap_) start_reading((layer + 1) % static_cast<int>(file_.layers().size()));
+    if (overlap_) start_reading(step.next_layer);
   }
 
   // 2. The neurons to compute. With compute_read every neuron of the layer is in DRAM now

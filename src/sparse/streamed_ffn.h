@@ -36,7 +36,7 @@ class StreamedSparseFfn : public SparseFeedForward {
                     ThreadPool& pool);
   ~StreamedSparseFfn() override;  // waits for a read-ahead still in flight
 
-  void forward(int layer, const float* x, int64_t n_tokens, float* out) override;
+  void forward(const FfnStep& step, const float* x, float* out) override;
 
   const IoEngine& io() const { return io_; }
 

@@ -70,11 +70,12 @@ void WindowedSparseFfn::add_read_neighbours(const ReadPlan& plan, uint64_t layer
   }
 }
 
-void WindowedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, float* out) {
+void WindowedSparseFfn::forward(const FfnStep& step, const float* x, float* out) {
+  const int layer = step.layer;
+  const int64_t n_tokens = step.n_tokens;
   const FlmLayer& l = file_.layers()[layer];
   const size_t stride = file_.layout().stride;
   NeuronCache& cache = caches_[layer];
-  if (layer == 0) ++step_;
 
   // 1. Which neurons are needed.
   auto start = Clock::now();
@@ -83,7 +84,7 @@ void WindowedSparseFfn::forward(int layer, const float* x, int64_t n_tokens, flo
 
   // 2. Which of them must come from flash; the cache makes room by its window and LRU rules.
   start = Clock::now();
-  cache.begin_token(step_, active_, to_load_, uncached_);
+  cache.begin_token(step.pass, active_, to_load_, uncached_);
   stats_.memory_seconds += seconds_since(start);
 
   // 3. Start reading them, neighbours coalesced into larger requests.

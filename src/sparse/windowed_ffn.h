@@ -29,7 +29,7 @@ class WindowedSparseFfn : public SparseFeedForward {
                     int window, std::vector<float> thresholds, NeuronSelector& selector,
                     IoBackend backend, const PlannerSettings& planner, ThreadPool& pool);
 
-  void forward(int layer, const float* x, int64_t n_tokens, float* out) override;
+  void forward(const FfnStep& step, const float* x, float* out) override;
 
   const IoEngine& io() const { return io_; }
 
@@ -47,7 +47,6 @@ class WindowedSparseFfn : public SparseFeedForward {
   SparseFfn sparse_ffn_;
   std::vector<NeuronCache> caches_;
   AlignedBuffer staging_;
-  int64_t step_ = 0;
   std::vector<int32_t> active_, to_load_, uncached_, to_read_, ready_;
   std::vector<ReadRequest> requests_;
   std::vector<float> loaded_out_;

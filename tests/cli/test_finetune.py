@@ -91,3 +91,21 @@ def test_bad_lora_flags_say_what_is_wrong(trained):
     r = flashlm("run", "-m", GGUF, "--lora", out, "--lora-scale", 1, "--lora-scale", 2, "-p", "x",
                 "-n", 1, check=False)
     assert r.returncode != 0 and "2 --lora-scale values for 1 --lora adapters" in r.stderr
+
+
+def test_mem_budget_leaves_the_weights_on_flash_and_refuses_too_little(trained):
+    """Under a budget that cannot hold the weights, they stay on flash (a layer at a time) and
+    training gives the loss it gives with them in DRAM; a budget under the process is refused."""
+    d, _, _ = trained
+    common = ["finetune", "-m", GGUF, "-f", d / "train.txt", "-c", 32, "--steps", 2,
+              "--lr", "1e-3", "--warmup", 1, "--lora-rank", 4, "-t", 2]
+    in_dram = flashlm(*common, "-o", d / "dram.gguf")
+    on_flash = flashlm(*common, "-o", d / "flash.gguf", "--mem-budget", "100M")
+    assert "on flash: two layers" in on_flash.stderr, on_flash.stderr
+    losses = lambda r: [line.split("|")[1] for line in r.stderr.splitlines()  # noqa: E731
+                        if line.startswith("step ")]
+    assert losses(on_flash) == losses(in_dram) and len(losses(in_dram)) == 2
+    plenty = flashlm(*common, "-o", d / "plenty.gguf", "--mem-budget", "4G")
+    assert "all in DRAM" in plenty.stderr
+    r = flashlm(*common, "-o", d / "bad.gguf", "--mem-budget", "20M", check=False)
+    assert r.returncode != 0 and "raise --mem-budget" in r.stderr, r.stderr
