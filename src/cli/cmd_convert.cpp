@@ -53,7 +53,7 @@ void register_verify_command(CLI::App& app) {
     auto flm = FlashModelFile::open(*path);
     ProgressBar bar("verifying");
     flm->verify([&](int done, int total) { bar.update(done, total); });
-    std::printf("%s: all %zu layer checksums match (bundles of %s)\n", path->c_str(),
+    std::printf("%s: all %zu layer checksums match; bundles of %s\n", path->c_str(),
                 flm->layers().size(), flm->layout().describe().c_str());
   });
 }
