@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "flash/flash_layout.h"
 #include "gguf/gguf.h"
 #include "model/config.h"
 
@@ -61,6 +62,16 @@ void info(const std::string& path, bool show_tensors, bool show_all_metadata) {
     std::printf("\nmodel: %s\n", ModelConfig::from_gguf(*file).summary().c_str());
   } catch (const Error& e) {
     std::printf("\nmodel: cannot run: %s\n", e.what());
+  }
+  if (FlashModelFile::is_flm(*file)) {
+    try {
+      const auto flm = FlashModelFile::from_gguf(*file);
+      std::printf("flash layout: %zu layers x %d bundles of %s; bundle region %s\n",
+                  flm->layers().size(), flm->d_ff(), flm->layout().describe().c_str(),
+                  mib(flm->bundle_region_bytes()).c_str());
+    } catch (const Error& e) {
+      std::printf("flash layout: cannot read: %s\n", e.what());
+    }
   }
   if (show_tensors) {
     std::printf("\ntensors:\n");

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -137,6 +138,55 @@ BundleLayout BundleLayout::make(int d_model, bool gated, TensorType gate, Tensor
   return b;
 }
 
+std::string BundleLayout::describe() const {
+  return fmt::format("{} bytes ({}up {}, down {})", stride,
+                     gated ? fmt::format("gate {}, ", type_name(gate_type)) : std::string(),
+                     type_name(up_type), type_name(down_type));
+}
+
+const std::vector<TensorType>& down_column_types() {
+  static const std::vector<TensorType> types = {
+      TensorType::F16,  TensorType::Q8_0, TensorType::Q6_K, TensorType::Q5_K, TensorType::Q5_1,
+      TensorType::Q5_0, TensorType::Q4_K, TensorType::Q4_1, TensorType::Q4_0};
+  return types;
+}
+
+namespace {
+
+std::string lower_name(TensorType type) {
+  std::string name = type_name(type);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+std::string join_names(const std::vector<TensorType>& types) {
+  std::string out;
+  for (TensorType t : types) out += (out.empty() ? "" : ", ") + lower_name(t);
+  return out;
+}
+
+}  // namespace
+
+TensorType parse_down_type(const std::string& name) {
+  for (TensorType t : down_column_types()) {
+    if (lower_name(t) == name) return t;
+  }
+  fail("unknown down type '{}'; use one of {}", name, join_names(down_column_types()));
+}
+
+void check_down_type(TensorType type, int d_model) {
+  const uint32_t block = type_traits(type).block_size;
+  if (d_model % block == 0) return;
+  std::vector<TensorType> fitting;
+  for (TensorType t : down_column_types()) {
+    if (d_model % type_traits(t).block_size == 0) fitting.push_back(t);
+  }
+  fail(
+      "--down-type {} stores blocks of {} values along d_model, and this model's d_model {} is "
+      "not a multiple of {}; for this model use one of {}",
+      lower_name(type), block, d_model, block, join_names(fitting));
+}
+
 BundleType parse_bundle_type(const std::string& name) {
   if (name == "source") return BundleType::Source;
   if (name == "q8_0") return BundleType::Q8_0;
@@ -160,6 +210,8 @@ void convert_to_flm(const std::string& input, const std::string& output,
   if (options.bundle_type != BundleType::Source) {
     gate = up = down = options.bundle_type == BundleType::Q8_0 ? TensorType::Q8_0 : TensorType::F16;
   }
+  down = options.down_type.value_or(down);
+  check_down_type(down, config.d_model);
   for (const LayerWeights& l : weights.layers) {
     if (options.bundle_type == BundleType::Source &&
         ((config.ffn_gated && l.ffn_gate.type != gate) || l.ffn_up.type != up)) {

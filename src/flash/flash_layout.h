@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,8 @@ struct BundleLayout {
   size_t gate_offset() const { return 0; }
   size_t up_offset() const { return gate_bytes; }
   size_t down_offset() const { return gate_bytes + up_bytes; }
+  // "1360 bytes (gate Q4_1, up Q4_1, down Q8_0)"
+  std::string describe() const;
 };
 
 struct FlmLayer {
@@ -57,8 +60,20 @@ enum class BundleType {
 };
 BundleType parse_bundle_type(const std::string& name);
 
+// The types a down column can be stored as (`convert --down-type`), largest first. A column
+// is d_model values, quantized in blocks along d_model: the 32-value types fit any d_model
+// that is a multiple of 32, the K types (blocks of 256) only multiples of 256.
+const std::vector<TensorType>& down_column_types();
+// "q8_0", "q4_k", ... (lower case, as the command line spells them) to the type.
+TensorType parse_down_type(const std::string& name);
+// Throws, naming the types that do fit, when `type` cannot store a down column of d_model values.
+void check_down_type(TensorType type, int d_model);
+
 struct ConvertOptions {
   BundleType bundle_type = BundleType::Source;
+  // How down columns are stored; unset: Q8_0 (F16 with BundleType::F16). Applies with every
+  // bundle type: it trades the bytes read per token against the down projection's precision.
+  std::optional<TensorType> down_type;
   bool force = false;  // overwrite an existing output
   std::function<void(int layer, int n_layers)> progress;
 };

@@ -704,15 +704,15 @@ HWY_INLINE void dequantize_int8_block(const int8_t* q, float scale, float* y) {
 namespace {
 
 // Every group of a row unpacked as the dot kernels unpack it, then d * w + block minimum in
-// float lanes: value i of a group is d * w[i] + block_min[i / 32] (see "Unpacking").
-template <TensorType T>
-void dequantize_groups(const uint8_t* row, float* dst, int64_t n) {
+// float lanes: value i of a group is d * w[i] + block_min[i / 32] (see "Unpacking"). Calls
+// use(k, v) with the vector v of values k .. k + Lanes(df) - 1, in order.
+template <TensorType T, class DF, class Use>
+HWY_INLINE void for_each_value(DF df, const uint8_t* row, int64_t n, Use use) {
   constexpr int64_t kCount = kGroup<T>;
   alignas(64) int16_t w[kCount];
   float block_min[kCount / kQK] = {};
-  const hn::CappedTag<float, 8> df;
-  const hn::Rebind<int16_t, decltype(df)> d16;
-  const hn::Rebind<int32_t, decltype(df)> d32;
+  const hn::Rebind<int16_t, DF> d16;
+  const hn::Rebind<int32_t, DF> d32;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   for (int64_t g = 0; g < n / kCount; ++g) {
     const auto vd = hn::Set(df, unpack_group<T>(row, g, w, block_min));
@@ -720,26 +720,71 @@ void dequantize_groups(const uint8_t* row, float* dst, int64_t n) {
       const auto vm = hn::Set(df, is_asymmetric(T) ? block_min[b] : 0.0f);
       for (int64_t i = b * kQK; i < (b + 1) * kQK; i += lanes) {
         const auto v = hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d16, w + i)));
-        hn::StoreU(hn::MulAdd(v, vd, vm), df, dst + g * kCount + i);
+        use(g * kCount + i, hn::MulAdd(v, vd, vm));
       }
     }
   }
 }
 
-// The quantized types dequantize_groups decodes (all but Q8_0's own path, F16 and F32).
-bool dequantize_by_groups(TensorType type, const void* src, float* dst, int64_t n) {
-  const auto* row = static_cast<const uint8_t*>(src);
+// The lanes the group kernels decode and multiply-add in (8: every group is whole vectors).
+using DGroupF32 = hn::CappedTag<float, 8>;
+
+template <TensorType T>
+void dequantize_groups(const uint8_t* row, float* dst, int64_t n) {
+  const DGroupF32 df;
+  for_each_value<T>(df, row, n, [&](int64_t k, auto v) { hn::StoreU(v, df, dst + k); });
+}
+
+// y += a * values, one vector: the multiply-add of axpy_groups and of axpy_row_tokens.
+HWY_INLINE void add_scaled(DGroupF32 df, hn::Vec<DGroupF32> va, hn::Vec<DGroupF32> v, float* y) {
+  hn::StoreU(hn::MulAdd(va, v, hn::LoadU(df, y)), df, y);
+}
+
+// y += a * row, each value decoded as dequantize_groups decodes it and multiplied in at once
+// (the down projection of 4-6-bit bundles, `convert --down-type`: no float row in between).
+template <TensorType T>
+void axpy_groups(const uint8_t* row, float a, float* y, int64_t n) {
+  const DGroupF32 df;
+  const auto va = hn::Set(df, a);
+  for_each_value<T>(df, row, n, [&](int64_t k, auto v) { add_scaled(df, va, v, y + k); });
+}
+
+template <TensorType T>
+using Type = std::integral_constant<TensorType, T>;
+
+// Calls f(Type<T>()) for the quantized types the group kernels decode (all but Q8_0's own
+// path, F16 and F32) and returns true, when n is whole groups; false otherwise.
+template <class F>
+bool with_group_type(TensorType type, int64_t n, F f) {
+  const auto call = [&](auto t) {
+    if (n % kGroup<decltype(t)::value> != 0) return false;
+    f(t);
+    return true;
+  };
   switch (type) {
-    case TensorType::Q4_0: if (n % kGroup<TensorType::Q4_0> == 0) return dequantize_groups<TensorType::Q4_0>(row, dst, n), true; break;
-    case TensorType::Q4_1: if (n % kGroup<TensorType::Q4_1> == 0) return dequantize_groups<TensorType::Q4_1>(row, dst, n), true; break;
-    case TensorType::Q5_0: if (n % kGroup<TensorType::Q5_0> == 0) return dequantize_groups<TensorType::Q5_0>(row, dst, n), true; break;
-    case TensorType::Q5_1: if (n % kGroup<TensorType::Q5_1> == 0) return dequantize_groups<TensorType::Q5_1>(row, dst, n), true; break;
-    case TensorType::Q4_K: if (n % kGroup<TensorType::Q4_K> == 0) return dequantize_groups<TensorType::Q4_K>(row, dst, n), true; break;
-    case TensorType::Q5_K: if (n % kGroup<TensorType::Q5_K> == 0) return dequantize_groups<TensorType::Q5_K>(row, dst, n), true; break;
-    case TensorType::Q6_K: if (n % kGroup<TensorType::Q6_K> == 0) return dequantize_groups<TensorType::Q6_K>(row, dst, n), true; break;
-    default: break;
+    case TensorType::Q4_0:
+      return call(Type<TensorType::Q4_0>());
+    case TensorType::Q4_1:
+      return call(Type<TensorType::Q4_1>());
+    case TensorType::Q5_0:
+      return call(Type<TensorType::Q5_0>());
+    case TensorType::Q5_1:
+      return call(Type<TensorType::Q5_1>());
+    case TensorType::Q4_K:
+      return call(Type<TensorType::Q4_K>());
+    case TensorType::Q5_K:
+      return call(Type<TensorType::Q5_K>());
+    case TensorType::Q6_K:
+      return call(Type<TensorType::Q6_K>());
+    default:
+      return false;
   }
-  return false;
+}
+
+bool dequantize_by_groups(TensorType type, const void* src, float* dst, int64_t n) {
+  return with_group_type(type, n, [&](auto t) {
+    dequantize_groups<decltype(t)::value>(static_cast<const uint8_t*>(src), dst, n);
+  });
 }
 
 }  // namespace
@@ -807,6 +852,11 @@ void axpy_row_kernel(TensorType type, const void* row, float a, float* y, int64_
     for (int64_t i = 0; i < n / kQK; ++i) axpy_int8_block(b[i].qs, a * half_to_float(b[i].d), y + i * kQK);
     return;
   }
+  if (with_group_type(type, n, [&](auto t) {
+        axpy_groups<decltype(t)::value>(static_cast<const uint8_t*>(row), a, y, n);
+      })) {
+    return;
+  }
   const int64_t block = type_traits(type).block_size;
   const size_t block_bytes = type_traits(type).block_bytes;
   constexpr int64_t kSlice = 256;
@@ -828,22 +878,35 @@ void axpy_row_tokens_kernel(TensorType type, const void* row, const float* a, in
     }
     return;
   }
+  thread_local std::vector<float> decoded;  // the row, for all tokens
+  if (static_cast<int64_t>(decoded.size()) < n) decoded.resize(static_cast<size_t>(n));
+  if (dequantize_by_groups(type, row, decoded.data(), n)) {
+    // The row decoded once, then each token's multiply-adds exactly as axpy_groups does them.
+    const DGroupF32 df;
+    const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      if (a[t] == 0.0f) continue;
+      const auto va = hn::Set(df, a[t]);
+      for (int64_t k = 0; k < n; k += lanes) {
+        add_scaled(df, va, hn::LoadU(df, decoded.data() + k), y + t * ldy + k);
+      }
+    }
+    return;
+  }
   if (type != TensorType::Q8_0) {
     // The row decoded once (as axpy_row decodes it, slice by slice), then each token's
     // multiply-adds exactly as axpy_row does them.
-    thread_local std::vector<float> values;
-    if (static_cast<int64_t>(values.size()) < n) values.resize(static_cast<size_t>(n));
     const int64_t block = type_traits(type).block_size;
     const size_t block_bytes = type_traits(type).block_bytes;
     const int64_t slice = std::max<int64_t>(block, 256 / block * block);
     for (int64_t i = 0; i < n; i += slice) {
       dequantize_row_kernel(type, static_cast<const uint8_t*>(row) + i / block * block_bytes,
-                            values.data() + i, std::min(slice, n - i));
+                            decoded.data() + i, std::min(slice, n - i));
     }
     for (int64_t t = 0; t < n_tokens; ++t) {
       if (a[t] == 0.0f) continue;
       for (int64_t i = 0; i < n; i += slice) {
-        axpy_f32_kernel(a[t], values.data() + i, y + t * ldy + i, std::min(slice, n - i));
+        axpy_f32_kernel(a[t], decoded.data() + i, y + t * ldy + i, std::min(slice, n - i));
       }
     }
     return;
