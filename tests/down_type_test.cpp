@@ -206,12 +206,19 @@ TEST_P(DownType, EveryFlashPathEqualsThePlainFfnOfTheStoredBundles) {
                                           IoBackend::Auto, default_device_profile().planner, pool));
 
   std::vector<float> batched(static_cast<size_t>(kTokens) * d), single(d);
+  // Each pass runs the layers in order, as the transformer does.
+  uint64_t pass = 0;
+  const auto run = [&](FeedForward& f, int layer, const float* in, int64_t n, float* out) {
+    if (layer == 0) ++pass;
+    f.forward({.pass = pass, .layer = layer, .next_layer = (layer + 1) % kLayers, .n_tokens = n},
+              in, out);
+  };
   for (auto& [name, ffn] : paths) {
     // Two tokens' steps, so the windowed cache and the streamed read-ahead are exercised.
     for (int step = 0; step < 2; ++step) {
       for (int layer = 0; layer < kLayers; ++layer) {
         const PlainFfn expected = plain_ffn(flm, layer, x);
-        ffn->forward(layer, x.data(), kTokens, batched.data());
+        run(*ffn, layer, x.data(), kTokens, batched.data());
         for (int t = 0; t < kTokens; ++t) {
           const double tol = 1e-5 * expected.magnitude[t] + 1e-6;
           for (int k = 0; k < d; ++k) {
@@ -224,9 +231,9 @@ TEST_P(DownType, EveryFlashPathEqualsThePlainFfnOfTheStoredBundles) {
     // One token alone: bit for bit its row of the batch (batched decoding computes what
     // token-by-token decoding does).
     for (int layer = 0; layer < kLayers; ++layer) {
-      ffn->forward(layer, x.data(), kTokens, batched.data());
+      run(*ffn, layer, x.data(), kTokens, batched.data());
       for (int t = 0; t < kTokens; ++t) {
-        ffn->forward(layer, x.data() + t * d, 1, single.data());
+        run(*ffn, layer, x.data() + t * d, 1, single.data());
         for (int k = 0; k < d; ++k) {
           ASSERT_EQ(batched[t * d + k], single[k])
               << name << ", layer " << layer << ", token " << t << ", element " << k;
