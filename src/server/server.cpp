@@ -76,7 +76,6 @@ struct ApiServer::Impl {
   const ServerOptions options;
   const ApiLimits limits;
   const int64_t started = std::time(nullptr);
-  std::unique_ptr<Drafter> drafter;  // before the session, which uses it
   Session session;
   TurnQueue queue;
   Metrics metrics;
@@ -92,9 +91,8 @@ ApiServer::Impl::Impl(Engine& engine_, ServerOptions options_)
       options(std::move(options_)),
       limits{options.model_id, engine_.transformer().context_size(),
              engine_.model().config.vocab_size},
-      drafter(make_drafter(options.draft)),
       session(engine_, engine_.model().tokenizer,
-              DecodeOptions{.drafter = drafter.get(), .max_tokens = options.draft_max}),
+              DecodeOptions{.drafter = options.drafter, .max_tokens = options.draft_max}),
       queue(options.max_queue) {
   const size_t threads = static_cast<size_t>(options.max_queue) + 1 + kSpareThreads;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
