@@ -189,7 +189,11 @@ ModeResult bench_mode(const BenchOptions& o, const std::string& mode,
   using Clock = std::chrono::steady_clock;
   auto model = Model::load(o.common.model_path);
   const std::vector<int32_t> prompt = bench_prompt(*model, o);
-  EngineOptions options = o.common.engine_options();
+  // Dense, the reference, decodes plainly: "same tokens as dense" then checks that speculative
+  // decoding in the other modes gives what plain decoding gives.
+  std::unique_ptr<Model> draft_model =
+      mode == "dense" ? nullptr : o.common.load_draft_model(*model);
+  EngineOptions options = o.common.engine_options(draft_model.get());
   options.mode = mode;
   // Dense is the reference with everything in DRAM: the budget does not apply to it.
   if (mode == "dense") options.mem_budget.clear();
@@ -204,15 +208,15 @@ ModeResult bench_mode(const BenchOptions& o, const std::string& mode,
   r.model_name = model->config.name;
   r.plan_total_bytes = engine.plan()->total_bytes();
   r.budget_bytes = engine.plan()->budget_given ? engine.plan()->budget : 0;
+  const std::unique_ptr<Drafter> drafter =
+      mode == "dense" ? nullptr : o.common.build_drafter(engine, std::move(draft_model));
+  // The prompt, for the target and (a draft model) for the drafter.
   auto start = Clock::now();
   std::span<const float> logits = tr.forward(prompt);
+  if (drafter) drafter->prefill(prompt);
   r.prefill_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   engine.reset_stats();
   double total_ms = 0, first8_ms = 0;
-  // Dense, the reference, decodes plainly: "same tokens as dense" then checks that speculative
-  // decoding in the other modes gives what plain decoding gives.
-  const std::unique_ptr<Drafter> drafter =
-      mode == "dense" ? nullptr : make_drafter(o.common.draft);
   if (drafter) {
     // Speculative decoding through the generation loop the commands use; its first token
     // comes from the prompt's logits, which are processed again here (one untimed step).
@@ -230,6 +234,7 @@ ModeResult bench_mode(const BenchOptions& o, const std::string& mode,
           return true;
         },
         {}, {.drafter = drafter.get(), .max_tokens = o.common.draft_max,
+             .history = std::span(prompt).first(prompt.size() - 1),
              .stop_at_end_of_generation = false});
     total_ms = g.decode_seconds * 1e3 + g.prompt_seconds * 1e3;
     r.tokens_per_pass = static_cast<double>(g.generated_tokens) / (g.decode_passes + 1);

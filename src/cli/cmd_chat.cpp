@@ -102,10 +102,11 @@ void chat(ChatOptions& o) {
         static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   }
   auto model = Model::load(o.common.model_path);
-  Engine engine(*model, o.common.engine_options());
+  std::unique_ptr<Model> draft_model = o.common.load_draft_model(*model);
+  Engine engine(*model, o.common.engine_options(draft_model.get()));
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   const Tokenizer& tokenizer = model->tokenizer;
-  const std::unique_ptr<Drafter> drafter = make_drafter(o.common.draft);
+  const std::unique_ptr<Drafter> drafter = o.common.build_drafter(engine, std::move(draft_model));
   Session session(engine, tokenizer, {.drafter = drafter.get(), .max_tokens = o.common.draft_max});
   install_interrupt_handler();
 

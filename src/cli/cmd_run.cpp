@@ -33,7 +33,8 @@ void run(RunOptions& o) {
         std::chrono::steady_clock::now().time_since_epoch().count());
   }
   auto model = Model::load(o.common.model_path);
-  Engine engine(*model, o.common.engine_options());
+  std::unique_ptr<Model> draft_model = o.common.load_draft_model(*model);
+  Engine engine(*model, o.common.engine_options(draft_model.get()));
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
   Sampler sampler(o.sampling);
 
@@ -51,7 +52,7 @@ void run(RunOptions& o) {
   std::fflush(stdout);
 
   StreamDecoder decoder(model->tokenizer);
-  const std::unique_ptr<Drafter> drafter = make_drafter(o.common.draft);
+  const std::unique_ptr<Drafter> drafter = o.common.build_drafter(engine, std::move(draft_model));
   const GenerationStats stats = generate(
       engine.transformer(), sampler, model->tokenizer, prompt, o.n_predict,
       [&](int32_t token) {

@@ -58,11 +58,11 @@ size_t parse_body_limit(const std::string& text) {
 void serve(ServeOptions& o) {
   o.server.max_body = parse_body_limit(o.max_body);
   o.server.model_id = std::filesystem::path(o.common.model_path).filename().string();
-  o.server.draft = o.common.draft;
   o.server.draft_max = o.common.draft_max;
   install_stop_handlers();
   auto model = Model::load(o.common.model_path);
-  EngineOptions engine_options = o.common.engine_options();
+  std::unique_ptr<Model> draft_model = o.common.load_draft_model(*model);
+  EngineOptions engine_options = o.common.engine_options(draft_model.get());
   engine_options.sequences = o.server.parallel;
   if (engine_options.context_size / o.server.parallel < 2) {
     fail("-c {} shared by --parallel {} leaves each request under 2 tokens of context; raise -c",
@@ -70,6 +70,8 @@ void serve(ServeOptions& o) {
   }
   Engine engine(*model, engine_options);
   if (engine.plan()) std::fprintf(stderr, "%s\n", engine.plan()->describe().c_str());
+  const std::unique_ptr<Drafter> drafter = o.common.build_drafter(engine, std::move(draft_model));
+  o.server.drafter = drafter.get();
   ApiServer server(engine, o.server);
   const int port = server.bind();
 

@@ -7,7 +7,9 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "engine/model.h"
 #include "sampling/sampler.h"
+#include "speculative/draft.h"
 
 namespace flashlm {
 
@@ -21,17 +23,28 @@ struct CommonOptions {
   void add_context(CLI::App& cmd, int default_size);
   // --mode, --mem-budget, --io: how the FFN is served (.flm models stream from flash).
   void add_flash(CLI::App& cmd);
-  // --draft, --draft-max: speculative decoding (run, chat, serve, bench).
+  // --draft SOURCE (none, ngram, or a draft model's GGUF file), -md/--model-draft MODEL,
+  // --draft-max, --draft-p-min: speculative decoding (run, chat, serve, bench).
   std::string draft = "none";
+  std::string draft_model;
   int draft_max = 8;
+  float draft_p_min = 0.75f;
   void add_draft(CLI::App& cmd);
+  // The draft model's file (-md, or --draft given a file); empty when none is given.
+  std::string draft_model_path() const;
+  // The draft model for `target`, loaded and checked (vocabulary) before the engine, so that
+  // its plan counts it; null without one.
+  std::unique_ptr<Model> load_draft_model(const Model& target) const;
+  // The drafter for `engine` (null for --draft none); a draft model runs on the engine's threads.
+  std::unique_ptr<Drafter> build_drafter(Engine& target, std::unique_ptr<Model> draft_loaded) const;
   // --lora FILE (repeatable), --lora-scale S (one for all, or one per --lora): adapters applied
   // beside the weights (run, chat, serve, perplexity, bench).
   std::vector<std::string> lora_files;
   std::vector<float> lora_scales;
   void add_lora(CLI::App& cmd);
   // Everything above as the engine's options; throws when the flags contradict each other.
-  EngineOptions engine_options() const;
+  // A draft model's memory (load_draft_model) counts in the budget.
+  EngineOptions engine_options(const Model* draft = nullptr) const;
 };
 
 // --temp, --top-k, --top-p and -s/--seed, with llama.cpp's names; `seed_given` records

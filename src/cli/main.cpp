@@ -8,6 +8,7 @@
 #include "common/process_memory.h"
 #include "common/thread_pool.h"
 #include "quant/kernels.h"
+#include "speculative/model_drafter.h"
 
 namespace flashlm {
 
@@ -113,14 +114,47 @@ void add_sampling_options(CLI::App& cmd, SamplingParams& sampling, bool& seed_gi
 void CommonOptions::add_draft(CLI::App& cmd) {
   cmd.add_option("--draft", draft,
                  "Speculative decoding: ngram (prompt lookup: continue an n-gram already in the "
-                 "context; no model) or none. Each step verifies the draft plus one token in "
-                 "one batched pass (on flash: one read of each layer for all of them); the "
-                 "output is the same as without it")
-      ->check(CLI::IsMember({"none", "ngram"}))
+                 "context; no model), a draft model's GGUF file (as -md), or none. Each step "
+                 "verifies the draft plus one token in one batched pass (on flash: one read of "
+                 "each layer for all of them); the output is the same as without it")
+      ->check(CLI::IsMember({"none", "ngram"}) | CLI::ExistingFile)
       ->capture_default_str();
+  cmd.add_option("--model-draft", draft_model,
+                 "Draft model (also -md) for speculative decoding: a GGUF with the model's "
+                 "vocabulary, e.g. a smaller model of its family; runs dense in DRAM, counted in "
+                 "--mem-budget")
+      ->check(CLI::ExistingFile);
   cmd.add_option("--draft-max", draft_max, "Tokens drafted per step at most")
       ->check(CLI::Range(1, 63))
       ->capture_default_str();
+  cmd.add_option("--draft-p-min", draft_p_min,
+                 "Draft model: stop drafting when its most likely next token has a probability "
+                 "below this")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+}
+
+std::string CommonOptions::draft_model_path() const {
+  const bool named = draft != "none" && draft != "ngram";
+  if (!draft_model.empty() && draft == "ngram") {
+    fail("--draft ngram and a draft model (-md {}) were both given: pick one", draft_model);
+  }
+  if (!draft_model.empty() && named && draft != draft_model) {
+    fail("two draft models were given (--draft {} and -md {}): pick one", draft, draft_model);
+  }
+  return !draft_model.empty() ? draft_model : named ? draft : "";
+}
+
+std::unique_ptr<Model> CommonOptions::load_draft_model(const Model& target) const {
+  const std::string path = draft_model_path();
+  return path.empty() ? nullptr : check_draft_model(Model::load(path), target);
+}
+
+std::unique_ptr<Drafter> CommonOptions::build_drafter(Engine& target,
+                                                      std::unique_ptr<Model> draft_loaded) const {
+  if (!draft_loaded) return make_drafter(draft);
+  return std::make_unique<ModelDrafter>(std::move(draft_loaded), target.model(), target.pool(),
+                                        draft_transformer_options(engine_options()), draft_p_min);
 }
 
 void CommonOptions::add_lora(CLI::App& cmd) {
@@ -133,7 +167,7 @@ void CommonOptions::add_lora(CLI::App& cmd) {
                  "(default 1)");
 }
 
-EngineOptions CommonOptions::engine_options() const {
+EngineOptions CommonOptions::engine_options(const Model* draft_model_loaded) const {
   EngineOptions o = engine;
   if (!lora_scales.empty() && lora_files.empty()) {
     fail("--lora-scale was given without --lora: name the adapter with --lora FILE");
@@ -148,10 +182,11 @@ EngineOptions CommonOptions::engine_options() const {
     o.lora.push_back({lora_files[i], scale});
   }
   // Verifying a draft reads the logits of every token of the step.
-  if (draft != "none") {
+  if (draft != "none" || !draft_model.empty()) {
     o.all_logits = true;
     o.logit_rows = draft_max + 1;
   }
+  if (draft_model_loaded) o.draft_model_bytes = draft_model_bytes(*draft_model_loaded, o);
   o.io_backend = io == "uring" ? IoBackend::IoUring : io == "pread" ? IoBackend::Pread : IoBackend::Auto;
   return o;
 }
@@ -164,6 +199,7 @@ std::vector<std::string> with_long_names(int argc, char** argv) {
     if (arg == "-ctk") arg = "--cache-type-k";
     if (arg == "-ctv") arg = "--cache-type-v";
     if (arg == "-np") arg = "--parallel";
+    if (arg == "-md") arg = "--model-draft";
   }
   return args;
 }

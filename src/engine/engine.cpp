@@ -107,6 +107,7 @@ WorkingMemory working_memory(const Model& model, const EngineOptions& options, i
                   batch * widest * 3;
   w.predictors = predictor_bytes;
   w.samples = options.sample_bytes;
+  w.draft_model = options.draft_model_bytes;
   for (const EngineOptions::Lora& l : options.lora) w.adapters += LoraAdapter::file_float_bytes(l.path);
   // Not countable: malloc's slack, thread stacks, code pages touched later, and the page cache
   // that a memory cgroup charges to the process besides its mapped pages (readahead around
@@ -180,6 +181,34 @@ TransformerOptions transformer_options(const EngineOptions& options, TokenEmbedd
                             .all_logits = options.all_logits,
                             .logit_rows = options.logit_rows,
                             .sequences = std::max(options.sequences, 1)};
+}
+
+namespace {
+
+// The draft model's options: the target's context, batch and KV cache types; nothing else.
+EngineOptions draft_engine_options(const EngineOptions& target) {
+  EngineOptions draft;
+  draft.threads = target.threads;
+  draft.context_size = target.context_size;
+  draft.max_batch = target.max_batch;
+  draft.cache_type_k = target.cache_type_k;
+  draft.cache_type_v = target.cache_type_v;
+  return draft;
+}
+
+}  // namespace
+
+TransformerOptions draft_transformer_options(const EngineOptions& target) {
+  return transformer_options(draft_engine_options(target), nullptr);
+}
+
+uint64_t draft_model_bytes(const Model& draft, const EngineOptions& target) {
+  const EngineOptions options = draft_engine_options(target);
+  const int threads = options.threads > 0 ? options.threads : ThreadPool::default_threads();
+  const WorkingMemory w = working_memory(draft, options, threads, 0);
+  uint64_t weights = 0;
+  for (const GgufTensor& t : draft.file->tensors()) weights += t.bytes;
+  return weights + w.kv_cache + w.activations + (w.kv_cache + w.activations) / 64;
 }
 
 MemoryPlan plan_engine_memory(const Model& model, const EngineOptions& options) {

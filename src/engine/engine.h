@@ -63,6 +63,9 @@ struct EngineOptions {
   // What a tool running the model holds besides it (calibrate's and train-predictor's samples),
   // counted in the budget.
   uint64_t sample_bytes = 0;
+  // Speculative decoding with a draft model (-md): what it holds beside this model (its
+  // weights, KV cache and buffers: draft_model_bytes), counted in the budget.
+  uint64_t draft_model_bytes = 0;
   // LoRA adapters (llama.cpp's format) applied beside the weights, each with its scale
   // (--lora FILE, --lora-scale FILE S). Attention adapters work in every mode; FFN adapters
   // need the FFN computed from the GGUF's matrices (dense mode of a GGUF model).
@@ -121,5 +124,12 @@ class Engine {
 // The memory plan of an engine with these options, without building it.
 MemoryPlan plan_engine_memory(const Model& model, const EngineOptions& options);
 TransformerOptions transformer_options(const EngineOptions& options, TokenEmbedding* embedding);
+
+// A draft model (speculative decoding, speculative/model_drafter.h) runs dense from DRAM beside
+// an engine with `target` options: with its context, batch size and KV cache types, and one row
+// of logits. Its transformer's options, and everything it holds (its GGUF's weights, KV cache,
+// buffers and their share of the reserve), which the target's plan counts.
+TransformerOptions draft_transformer_options(const EngineOptions& target);
+uint64_t draft_model_bytes(const Model& draft, const EngineOptions& target);
 
 }  // namespace flashlm

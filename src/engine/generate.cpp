@@ -31,9 +31,16 @@ GenerationStats generate(Transformer& transformer, Sampler& sampler, const Token
     if (stop()) return stats;
     logits = transformer.forward(prompt.subspan(at, std::min(batch, prompt.size() - at)));
   }
+  Drafter* drafter = draft.drafter;
+  // Everything so far, for the drafts to look back on.
+  std::vector<int32_t> context;
+  if (drafter) {
+    context.assign(draft.history.begin(), draft.history.end());
+    context.insert(context.end(), prompt.begin(), prompt.end());
+    drafter->prefill(context);
+  }
   stats.prompt_seconds = seconds_since(start);
 
-  Drafter* drafter = draft.drafter;
   const int draft_max = std::min(draft.max_tokens, transformer.kept_logit_rows() - 1);
   if (drafter && !transformer.keeps_all_logits()) {
     fail("internal error: speculative decoding needs a transformer that keeps all logits");
@@ -42,9 +49,6 @@ GenerationStats generate(Transformer& transformer, Sampler& sampler, const Token
     fail("speculative decoding needs steps of at least 2 tokens (--draft-max {}, -b {})",
          draft.max_tokens, transformer.max_batch());
   }
-  // Everything so far, for the drafts to look back on.
-  std::vector<int32_t> context;
-  if (drafter) context.assign(prompt.begin(), prompt.end());
   const int vocab = transformer.config().vocab_size;
   DraftLength draft_length(draft_max);
 
@@ -67,13 +71,16 @@ GenerationStats generate(Transformer& transformer, Sampler& sampler, const Token
       // `token` is generated but not yet in the KV cache: this step appends it and as many
       // drafted tokens after it as the context and the token limit leave room for.
       std::vector<int32_t> step = {token};
+      int asked = 0;
+      double draft_seconds = 0;
       if (drafter) {
         context.push_back(token);
-        const int room = std::min({draft_length.next(), max_tokens - stats.generated_tokens - 1,
-                                   transformer.context_size() - transformer.n_past() - 1});
+        asked = std::min({draft_length.next(), max_tokens - stats.generated_tokens - 1,
+                          transformer.context_size() - transformer.n_past() - 1});
         const auto draft_start = Clock::now();
-        const std::vector<int32_t> guess = drafter->draft(context, room);
-        stats.draft_seconds += seconds_since(draft_start);
+        const std::vector<int32_t> guess = drafter->draft(context, asked);
+        draft_seconds = seconds_since(draft_start);
+        stats.draft_seconds += draft_seconds;
         step.insert(step.end(), guess.begin(), guess.end());
       }
       const int base = transformer.n_past();
@@ -99,7 +106,7 @@ GenerationStats generate(Transformer& transformer, Sampler& sampler, const Token
         }
       }
       stats.accepted_tokens += accepted;
-      draft_length.observe(drafted, accepted, pass_seconds);
+      draft_length.observe(drafted, accepted, pass_seconds, asked, draft_seconds);
       // The KV cache keeps what plain decoding would have fed: step[0] and the accepted drafts,
       // except one that ended generation (as plain decoding never feeds its last token).
       // `token`, the correction or the bonus, is the next step's first.

@@ -47,6 +47,9 @@ struct GenerationStats {
 struct DecodeOptions {
   Drafter* drafter = nullptr;  // null: plain decoding
   int max_tokens = 8;          // drafted tokens per step at most (--draft-max)
+  // The tokens the transformer's KV cache holds before the prompt (a session reusing its cache,
+  // bench's prompt): drafts look back on them too.
+  std::span<const int32_t> history;
   // Off for benchmarks, which generate a fixed number of tokens whatever they are.
   bool stop_at_end_of_generation = true;
 };

@@ -79,14 +79,16 @@ namespace {
   const WorkingMemory& w = p.working;
   fail("the memory budget of {} is too small for {} mode: it needs at least {} (resident weights "
        "{}, stream buffers {}, FFN in DRAM {}, KV cache {}, activations {}, predictors {}, the "
-       "process itself {}, reserve {}{}{}); raise --mem-budget, pass a smaller -c or "
-       "--cache-type-k/-v q8_0 (KV cache){}{}",
+       "process itself {}, reserve {}{}{}{}); raise --mem-budget, pass a smaller -c or "
+       "--cache-type-k/-v q8_0 (KV cache){}{}{}",
        mib(p.budget), ffn_mode_name(p.mode), mib(needed), mib(p.resident_bytes),
        mib(p.stream_buffer_bytes), mib(p.mode == FfnMode::Dense ? p.ffn_dram_bytes : 0),
        mib(w.kv_cache), mib(w.activations), mib(w.predictors), mib(w.process), mib(w.reserve),
        w.samples ? fmt::format(", calibration samples {}", mib(w.samples)) : "",
        w.adapters ? fmt::format(", LoRA adapters {}", mib(w.adapters)) : "",
-       w.samples ? ", fewer --tokens (calibration samples)" : "", advice);
+       w.draft_model ? fmt::format(", draft model {}", mib(w.draft_model)) : "",
+       w.samples ? ", fewer --tokens (calibration samples)" : "",
+       w.draft_model ? ", a smaller draft model or --draft ngram (draft model)" : "", advice);
 }
 
 }  // namespace
@@ -292,6 +294,11 @@ std::string MemoryPlan::describe() const {
     s += fmt::format("  calibration samples and training state: {}\n", mib(working.samples));
   }
   if (working.adapters > 0) s += fmt::format("  LoRA adapters: {}\n", mib(working.adapters));
+  if (working.draft_model > 0) {
+    s += fmt::format("  draft model: {} (speculative decoding: its weights, KV cache and buffers, "
+                     "dense in DRAM)\n",
+                     mib(working.draft_model));
+  }
   if (mode == FfnMode::Mmap && budget_given) {
     s += fmt::format("  page cache for the mapped FFN: the remaining {}\n",
                      mib(budget > dram_bytes() + working.total()

@@ -60,11 +60,14 @@ struct WorkingMemory {
   // calibrate and train-predictor: the activation samples they gather (and the training state)
   uint64_t samples = 0;
   uint64_t adapters = 0;  // LoRA adapters applied (--lora), as floats
+  // Speculative decoding's draft model (-md), dense in DRAM: weights, KV cache, buffers.
+  uint64_t draft_model = 0;
   // What cannot be counted exactly (allocator slack, thread stacks, pages of code touched
   // later): reserved.
   uint64_t reserve = 0;
   uint64_t total() const {
-    return process + kv_cache + activations + predictors + samples + adapters + reserve;
+    return process + kv_cache + activations + predictors + samples + adapters + draft_model +
+           reserve;
   }
 };
 

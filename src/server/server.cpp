@@ -86,7 +86,6 @@ struct ApiServer::Impl {
   const ServerOptions options;
   const ApiLimits limits;
   const int64_t started = std::time(nullptr);
-  std::unique_ptr<Drafter> drafter;  // before the session, which uses it
   Session session;
   TurnQueue queue;
   std::unique_ptr<BatchGenerator> batch;  // --parallel > 1
@@ -104,12 +103,11 @@ ApiServer::Impl::Impl(Engine& engine_, ServerOptions options_)
       options(std::move(options_)),
       limits{options.model_id, engine_.transformer().context_size(),
              engine_.model().config.vocab_size},
-      drafter(make_drafter(options.draft)),
       session(engine_, engine_.model().tokenizer,
-              DecodeOptions{.drafter = drafter.get(), .max_tokens = options.draft_max}),
+              DecodeOptions{.drafter = options.drafter, .max_tokens = options.draft_max}),
       queue(options.max_queue) {
   if (options.parallel > 1) {
-    if (drafter) {
+    if (options.drafter) {
       fail("speculative decoding (--draft) and --parallel {} do not go together yet: each pass "
            "verifies one sequence's drafts; pick one",
            options.parallel);

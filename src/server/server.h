@@ -12,6 +12,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "speculative/draft.h"
 
 namespace flashlm {
 
@@ -21,7 +22,8 @@ struct ServerOptions {
   int max_queue = 8;
   size_t max_body = 1 << 20;  // bytes; larger requests get 413
   std::string model_id;       // what clients call the model: the file name
-  std::string draft = "none";  // speculative decoding for every request (make_drafter)
+  // Speculative decoding for every request (null: none); it must outlive the server.
+  Drafter* drafter = nullptr;
   int draft_max = 8;
   // Requests generating together; the engine needs EngineOptions::sequences = parallel.
   int parallel = 1;

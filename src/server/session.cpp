@@ -25,6 +25,8 @@ SessionResult Session::run(const SessionRequest& request, const TextCallback& on
   std::vector<int32_t> generated;
   bool cancelled = false;
   SessionResult result;
+  DecodeOptions draft = draft_;
+  draft.history = prompt.first(keep);
   try {
     result.stats = generate(transformer, sampler, tokenizer_, prompt.subspan(keep),
                             request.max_tokens, [&](int32_t token) {
@@ -35,7 +37,7 @@ SessionResult Session::run(const SessionRequest& request, const TextCallback& on
                               }
                               return !matcher.stopped();
                             },
-                            request.cancelled, draft_);
+                            request.cancelled, draft);
     cancelled = cancelled || result.stats.cancelled;
   } catch (...) {
     // A pass that failed halfway leaves the cache in no known state.

@@ -28,7 +28,8 @@ std::vector<int32_t> NgramDrafter::draft(std::span<const int32_t> context, int m
 
 DraftLength::DraftLength(int max_tokens) : max_(std::max(max_tokens, 1)) {}
 
-void DraftLength::observe(int drafted, int accepted, double seconds) {
+void DraftLength::observe(int drafted, int accepted, double seconds, int asked,
+                          double draft_seconds) {
   constexpr double kKeep = 0.97;  // the weight of the step before, against this one's 1
   if (drafted > 0) {
     // Drafts after the first rejection were never tried: they say nothing about alpha.
@@ -41,6 +42,8 @@ void DraftLength::observe(int drafted, int accepted, double seconds) {
   ss_ = kKeep * ss_ + s * s;
   t_ = kKeep * t_ + seconds;
   st_ = kKeep * st_ + s * seconds;
+  asked_ = kKeep * asked_ + asked;
+  draft_seconds_ = kKeep * draft_seconds_ + draft_seconds;
 }
 
 int DraftLength::next() const {
@@ -53,12 +56,13 @@ int DraftLength::next() const {
     b = std::max((n_ * st_ - s_ * t_) / var, 0.0);
     a = std::max((t_ - b * s_) / n_, 1e-6);
   }
+  const double c = asked_ > 0 ? draft_seconds_ / asked_ : 0;
   int best = 1;
   double best_rate = 0, tokens = 1, power = 1;
   for (int k = 1; k <= max_; ++k) {
     power *= alpha;
     tokens += power;
-    const double rate = tokens / (a + b * (1 + k));
+    const double rate = tokens / (a + b * (1 + k) + c * k);
     if (rate > best_rate) {
       best_rate = rate;
       best = k;
@@ -70,8 +74,9 @@ int DraftLength::next() const {
 std::unique_ptr<Drafter> make_drafter(const std::string& source) {
   if (source.empty() || source == "none") return nullptr;
   if (source == "ngram") return std::make_unique<NgramDrafter>();
-  fail("--draft {}: not a draft source; supported: ngram (prompt lookup), none. Drafting with "
-       "the target's resident neurons (self) or a second model is not built yet",
+  fail("--draft {}: not a draft source; supported: ngram (prompt lookup), none, or a draft "
+       "model's GGUF file (also -md MODEL.gguf). Drafting with the target's resident neurons "
+       "(self) is not built yet",
        source);
 }
 

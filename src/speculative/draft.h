@@ -18,6 +18,10 @@ class Drafter {
   // Up to max_tokens tokens that may follow `context` (the prompt and everything generated);
   // empty when there is no good guess (the step then decodes one token, as without a draft).
   virtual std::vector<int32_t> draft(std::span<const int32_t> context, int max_tokens) = 0;
+  // Takes in `context` (a prompt) ahead of the first draft, so that what that costs a drafter
+  // with state (a draft model's KV cache) counts as prompt processing; others ignore it.
+  virtual void prefill(std::span<const int32_t> /*context*/) {}
+  // What drafts: "ngram", or the draft model's file.
   virtual std::string name() const = 0;
 };
 
@@ -36,27 +40,33 @@ class NgramDrafter : public Drafter {
 };
 
 // How many tokens to draft next. A verifying pass of s tokens costs about a + b * s (on flash,
-// a is the layer reads and b the compute per token), and a chain of k drafts yields
-// 1 + alpha + ... + alpha^k tokens when each is accepted with probability alpha. Both are
-// measured as generation goes (a least-squares line through the passes' times, the acceptance
-// of the drafts actually tried, older steps weighing less), and the k in 1..max_tokens with
-// the most tokens per second is chosen: long drafts where passes are dear and drafts good,
-// one token where verifying costs compute that rejections waste.
+// a is the layer reads and b the compute per token), drafting k tokens about c * k (a draft
+// model's passes; next to nothing for ngram), and a chain of k drafts yields
+// 1 + alpha + ... + alpha^k tokens when each is accepted with probability alpha. All are
+// measured as generation goes (a least-squares line through the passes' times, the drafting
+// time per token asked for, the acceptance of the drafts actually tried, older steps weighing
+// less), and the k in 1..max_tokens with the most tokens per second is chosen: long drafts
+// where passes are dear and drafts good and cheap, one token where verifying costs compute
+// that rejections waste.
 class DraftLength {
  public:
   explicit DraftLength(int max_tokens);
   int next() const;
-  // A verifying pass of 1 + drafted tokens, `accepted` of the drafts kept, in `seconds`.
-  void observe(int drafted, int accepted, double seconds);
+  // A verifying pass of 1 + drafted tokens, `accepted` of the drafts kept, in `seconds`;
+  // drafting took `draft_seconds` for `asked` tokens asked for.
+  void observe(int drafted, int accepted, double seconds, int asked = 0,
+               double draft_seconds = 0);
 
  private:
   int max_;
   double tried_ = 2, kept_ = 1;                         // prior: half of the drafts accepted
   double n_ = 0, s_ = 0, ss_ = 0, t_ = 0, st_ = 0;  // sums for the line through (s, seconds)
+  double asked_ = 0, draft_seconds_ = 0;             // for c, drafting seconds per token
 };
 
 // `--draft SOURCE` as a Drafter: "ngram"; "none" (or empty) gives null. Anything else is an
-// error that lists what is supported.
+// error that lists what is supported. A draft model (ModelDrafter, speculative/model_drafter.h)
+// is built by the caller, which counts its memory in the target's budget first.
 std::unique_ptr<Drafter> make_drafter(const std::string& source);
 
 }  // namespace flashlm

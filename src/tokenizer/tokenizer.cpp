@@ -13,7 +13,8 @@ namespace flashlm {
 namespace {
 
 // Token types as llama.cpp's converters write them.
-constexpr int32_t kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kByte = 6;
+constexpr int32_t kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5,
+                  kByte = 6;
 
 // GPT-2's reversible map from bytes to printable code points: printable bytes stand for
 // themselves, the rest, in byte order, for U+0100 onwards.
@@ -446,6 +447,10 @@ void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out) con
       }
     }
   }
+}
+
+bool Tokenizer::is_unused(int32_t id) const {
+  return id < 0 || id >= vocab_size() || types_[id] == kUnused;
 }
 
 std::string Tokenizer::token_piece(int32_t id) const {

@@ -28,6 +28,9 @@ class Tokenizer {
   const std::string& token_text(int32_t id) const { return tokens_[id]; }
 
   int vocab_size() const { return static_cast<int>(tokens_.size()); }
+  // An id that stands for no token: padding of the vocabulary to the model's rows (type
+  // UNUSED, such as Qwen2.5's "[PAD151665]" and on), or outside the vocabulary.
+  bool is_unused(int32_t id) const;
   // The most bytes of text one token stands for: a text of n bytes makes at least
   // n / longest_token_bytes() tokens, which bounds a prompt's length before tokenizing it.
   size_t longest_token_bytes() const { return longest_token_bytes_; }

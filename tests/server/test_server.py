@@ -334,9 +334,12 @@ def test_sigterm_during_a_long_prompt_stops_within_a_second(make_server):
     assert "stopped" in s.log_text()
 
 
-def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_server):
-    """`serve --draft ngram`: the same completions as the plain server, greedy and seeded."""
-    drafted = make_server("--draft", "ngram")
+@pytest.mark.parametrize("draft", [["--draft", "ngram"], ["-md", str(MODEL)]])
+def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_server, draft):
+    """`serve --draft ngram` and `serve -md MODEL` (the model drafting for itself): the same
+    completions as the plain server, greedy and seeded, the second turn of a chat reusing the
+    cache (the draft model's cache follows it)."""
+    drafted = make_server(*draft)
     for body in ({"prompt": COUNTING, "max_tokens": 40, "temperature": 0},
                  {"prompt": COUNTING, "max_tokens": 40, "temperature": 0.8, "seed": 7},
                  {"messages": [{"role": "user", "content": "Repeat: red, green, blue, red, "
@@ -351,6 +354,12 @@ def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_ser
             else (lambda r: r.json()["choices"][0]["text"])
         assert pick(a) == pick(b), body
         assert a.json()["usage"] == b.json()["usage"]
+        if key == "message":
+            # The next turn starts with this one: both caches (target and draft) are reused.
+            turn = body["messages"] + [{"role": "assistant", "content": pick(a)},
+                                       {"role": "user", "content": "Once more, please."}]
+            again = {"messages": turn, "max_tokens": 24, "temperature": 0}
+            assert pick(post(server, path, again)) == pick(post(drafted, path, again))
 
 
 def test_parallel_requests_get_what_each_gets_alone(server, make_server):

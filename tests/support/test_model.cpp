@@ -84,9 +84,14 @@ void write_tiny_model(const std::string& path, const TinyModelSpec& s) {
 
   std::vector<std::string> tokens = byte_tokens();
   std::vector<int32_t> types(tokens.size(), 1);
-  for (const char* special : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+  for (const std::string& special : {s.end_of_text, std::string("<|im_start|>"),
+                                     std::string("<|im_end|>")}) {
     tokens.push_back(special);
     types.push_back(3);
+  }
+  for (int i = 0; i < s.padding_tokens; ++i) {
+    tokens.push_back("[PAD" + std::to_string(tokens.size()) + "]");
+    types.push_back(5);
   }
   w.add_string("tokenizer.ggml.model", "gpt2");
   w.add_string("tokenizer.ggml.pre", a == "qwen2" ? "qwen2" : "smollm");
@@ -110,8 +115,9 @@ void write_tiny_model(const std::string& path, const TinyModelSpec& s) {
     for (float& v : values) v += center;
     w.add_tensor(name, TensorType::F32, {n}, encode(TensorType::F32, values));
   };
-  matrix("token_embd.weight", kTinyVocab, s.d_model);
-  if (!s.tied_embeddings) matrix("output.weight", kTinyVocab, s.d_model);
+  const int rows = kTinyVocab + s.padding_tokens;
+  matrix("token_embd.weight", rows, s.d_model);
+  if (!s.tied_embeddings) matrix("output.weight", rows, s.d_model);
   vector("output_norm.weight", s.d_model, 1.0f, 0.1f);
   for (int l = 0; l < s.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";

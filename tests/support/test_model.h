@@ -21,6 +21,11 @@ struct TinyModelSpec {
   TensorType weight_type = TensorType::F32;  // for the 2-D matrices
   bool tied_embeddings = true;
   uint64_t seed = 1;
+  // Vocabulary variants (speculative decoding's vocabulary check): the text of token 256, and
+  // "[PADn]" entries of type UNUSED after the tokens, with rows of their own, as llama.cpp's
+  // converter pads Qwen2.5's vocabulary to its model's rows.
+  std::string end_of_text = "<|endoftext|>";
+  int padding_tokens = 0;
 };
 
 // Vocabulary: the 256 GPT-2 byte tokens, then <|endoftext|>, <|im_start|>, <|im_end|>.

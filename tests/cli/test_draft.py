@@ -1,0 +1,43 @@
+"""Speculative decoding's flags on the command line, on the real SmolLM2 model drafting for
+itself: -md / --model-draft / --draft MODEL.gguf give plain decoding's text, the plan counts the
+draft model, and contradicting or unknown sources get one clear line.
+"""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("FLASHLM_BINARY", REPO / "build" / "flashlm"))
+GGUF = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+pytestmark = pytest.mark.skipif(not GGUF.exists(), reason="run scripts/fetch_models.py")
+
+RUN = ["run", "-m", GGUF, "-p", "The Elliots of Kellynch Hall were", "-n", 12, "--temp", 0,
+       "-c", 256, "-t", 2]
+
+
+def flashlm(*args, check=True):
+    r = subprocess.run([str(BINARY), *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def test_a_draft_model_gives_plain_decodings_text():
+    plain = flashlm(*RUN)
+    for flags in (["-md", GGUF], ["--model-draft", GGUF], ["--draft", GGUF]):
+        r = flashlm(*RUN, *flags, "--draft-p-min", 0.5)
+        assert r.stdout == plain.stdout, flags
+        assert "draft model:" in r.stderr  # the plan counts it
+        assert f"draft model {GGUF.name}:" in r.stderr and "tokens per pass" in r.stderr
+
+
+def test_contradicting_or_unknown_draft_sources_are_refused():
+    r = flashlm(*RUN, "--draft", "ngram", "-md", GGUF, check=False)
+    assert r.returncode != 0 and "--draft ngram and a draft model" in r.stderr
+    r = flashlm(*RUN, "--draft", "medusa", check=False)
+    assert r.returncode != 0 and "--draft" in r.stderr
+    r = flashlm(*RUN, "-md", GGUF, "--draft-p-min", 2, check=False)
+    assert r.returncode != 0 and "--draft-p-min" in r.stderr
