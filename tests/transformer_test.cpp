@@ -296,12 +296,17 @@ TEST(Transformer, EveryTokensLogitsOnlyWhenBuiltForThem) {
 // what the one-token matvec kernels compute, at every position of every batch.
 class BatchedVsSingle : public ::testing::TestWithParam<TensorType> {};
 
-TEST_P(BatchedVsSingle, PromptEqualsTokenByToken) {
-  const TensorType type = GetParam();
+// A tiny model whose matrices are all of `type` (wide enough for a K-quant's 256 values).
+Loaded load_tiny_of_type(TensorType type, const std::string& prefix) {
   const bool k_quant = type_traits(type).block_size == 256;
   const TinyModelSpec spec{.d_model = k_quant ? 256 : 64, .d_ff = k_quant ? 512 : 128,
                            .weight_type = type};
-  Loaded m = load_tiny(spec, std::string("tiny-batched-") + type_name(type) + ".gguf");
+  return load_tiny(spec, prefix + type_name(type) + ".gguf");
+}
+
+TEST_P(BatchedVsSingle, PromptEqualsTokenByToken) {
+  const TensorType type = GetParam();
+  Loaded m = load_tiny_of_type(type, "tiny-batched-");
   ThreadPool pool(2);
   DenseFeedForward ffn(m.config, m.weights, pool);
   Transformer batched(m.config, m.weights, ffn, pool,
@@ -335,10 +340,7 @@ INSTANTIATE_TEST_SUITE_P(Types, BatchedVsSingle,
 // sequence's logits are bit for bit those of a pass over that sequence alone.
 TEST_P(BatchedVsSingle, SequencesOfOnePassEqualEachAlone) {
   const TensorType type = GetParam();
-  const bool k_quant = type_traits(type).block_size == 256;
-  const TinyModelSpec spec{.d_model = k_quant ? 256 : 64, .d_ff = k_quant ? 512 : 128,
-                           .weight_type = type};
-  Loaded m = load_tiny(spec, std::string("tiny-sequences-") + type_name(type) + ".gguf");
+  Loaded m = load_tiny_of_type(type, "tiny-sequences-");
   ThreadPool pool(2);
   DenseFeedForward ffn(m.config, m.weights, pool);
   const TransformerOptions options{.context_size = 32, .max_batch = 16, .sequences = 3};
