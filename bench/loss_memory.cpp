@@ -16,7 +16,7 @@
 #include "common/process_memory.h"
 #include "common/text_file.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "loss/cross_entropy.h"
 
 using namespace flashlm;

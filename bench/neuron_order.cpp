@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "common/text_file.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_layout.h"
 #include "flash/io_engine.h"
 #include "gguf/gguf.h"

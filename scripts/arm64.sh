@@ -22,11 +22,15 @@
 #                              perplexity pass at the end checks a real model instead.
 #   Speculative.RealModel*     SmolLM2 in five modes, 800 tokens: over ten minutes emulated; the
 #                              same loop runs on the tiny models of the other Speculative tests.
+#   ModelDrafter.RealModel*, BatchGenerator.RealModel*
+#                              SmolLM2 under memory budgets that count the process itself, which
+#                              under qemu-user is the emulator's; the same code runs on the tiny
+#                              models of the other ModelDrafter and BatchGenerator tests.
 # Needs root (or sudo) once, to add the arm64 architecture and install the packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-arm64}
-exclude=${ARM64_EXCLUDE:-'^server_api$|^memory_budget$|^finetune_cli$|^Models/Reference\.|^Models/LoraReference\.|^Speculative\.RealModel'}
+exclude=${ARM64_EXCLUDE:-'^server_api$|^memory_budget$|^finetune_cli$|^Models/Reference\.|^Models/LoraReference\.|^Speculative\.RealModel|^ModelDrafter\.RealModel|^BatchGenerator\.RealModel'}
 sve_vq=${ARM64_SVE_VQ-1 2 3 8 16}
 
 host_packages=(g++-aarch64-linux-gnu qemu-user cmake ninja-build pkg-config libcli11-dev

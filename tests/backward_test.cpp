@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/thread_pool.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "ops/ops.h"
 #include "quant/kernels.h"
 #include "support/lora_pattern.h"

@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <thread>
 
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_layout.h"
 #include "support/test_model.h"
 

@@ -12,7 +12,7 @@
 #include "common/error.h"
 #include "common/mapped_files.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_layout.h"
 #include "support/test_model.h"
 

@@ -11,8 +11,8 @@
 
 #include "common/error.h"
 #include "common/thread_pool.h"
-#include "engine/model.h"
-#include "flash/flash_ffn.h"
+#include "flash/loaded_model.h"
+#include "sparse/flash_ffn.h"
 #include "flash/flash_layout.h"
 #include "flash/probe.h"
 #include "quant/reference.h"

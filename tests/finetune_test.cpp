@@ -11,7 +11,7 @@
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "model/weight_pager.h"
 #include "support/test_model.h"
 #include "train/finetune.h"

@@ -1,6 +1,6 @@
 // Every way of serving the FFN from a .flm file against the dense FFN of the GGUF it came
 // from, and against each other.
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_embedding.h"
 #include "model/transformer.h"
 #include "quant/reference.h"

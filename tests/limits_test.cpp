@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "model/config.h"

@@ -12,7 +12,7 @@
 
 #include "common/error.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_layout.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"

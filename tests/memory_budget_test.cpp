@@ -8,10 +8,10 @@
 
 #include "common/error.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "common/thread_pool.h"
 #include "flash/flash_embedding.h"
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 #include "flash/flash_layout.h"
 #include "flash/streamed_weights.h"
 #include "model/transformer.h"

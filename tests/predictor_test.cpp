@@ -13,7 +13,7 @@
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "sparse/calibrate.h"

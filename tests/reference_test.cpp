@@ -17,7 +17,7 @@
 
 #include "engine/engine.h"
 #include "engine/generate.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "engine/perplexity.h"
 #include "sampling/sampler.h"
 

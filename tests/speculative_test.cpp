@@ -11,7 +11,7 @@
 
 #include "engine/engine.h"
 #include "engine/generate.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_layout.h"
 #include "support/test_model.h"
 

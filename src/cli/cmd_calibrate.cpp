@@ -8,7 +8,7 @@
 #include "cli/progress.h"
 #include "common/error.h"
 #include "common/text_file.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "gguf/gguf_writer.h"
 #include "sparse/calibrate.h"
 

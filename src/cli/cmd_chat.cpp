@@ -14,7 +14,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "server/session.h"
 
 namespace flashlm {

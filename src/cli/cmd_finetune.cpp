@@ -11,7 +11,7 @@
 #include "common/process_memory.h"
 #include "common/text_file.h"
 #include "common/thread_pool.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/memory_plan.h"
 #include "model/weight_pager.h"
 #include "train/finetune.h"

@@ -12,7 +12,7 @@
 #include "common/thread_pool.h"
 #include "common/text_file.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "engine/perplexity.h"
 
 namespace flashlm {

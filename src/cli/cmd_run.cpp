@@ -10,7 +10,7 @@
 #include "common/text_file.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 
 namespace flashlm {
 namespace {

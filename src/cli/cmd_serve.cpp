@@ -10,7 +10,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/memory_plan.h"
 #include "server/server.h"
 

@@ -12,7 +12,7 @@
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "common/text_file.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "gguf/gguf.h"
 #include "sparse/predictor_training.h"
 

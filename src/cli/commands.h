@@ -7,7 +7,7 @@
 #include <string>
 
 #include "engine/engine.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "sampling/sampler.h"
 #include "speculative/draft.h"
 

@@ -8,9 +8,9 @@
 #include <string>
 
 #include "common/thread_pool.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_embedding.h"
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 #include "flash/memory_plan.h"
 #include "flash/streamed_weights.h"
 #include "lora/lora.h"

@@ -4,17 +4,14 @@
 #include <cstdint>
 #include <string>
 
+#include "ops/ops.h"
+
 namespace flashlm {
 
 class GgufFile;
 
-enum class Activation { SiLU, GELU, ReLU, ReLU2 };
 const char* activation_name(Activation a);
 Activation parse_activation(const std::string& name);  // "silu", "gelu", "relu", "relu2"
-
-// How rotary embeddings pair up the dimensions of a head: adjacent pairs (2i, 2i+1), as
-// llama.cpp stores Llama weights, or halves (i, i + d/2), as Qwen2 and Gemma use.
-enum class RopeStyle { Adjacent, Halves };
 
 struct ModelConfig {
   std::string architecture;  // "llama", "qwen2", "gemma3"

@@ -4,12 +4,18 @@
 
 #include <cstdint>
 
-#include "model/config.h"
-#include "model/weights.h"
+#include "quant/matrix.h"
 
 namespace flashlm {
 
 class ThreadPool;
+
+// The FFN's activation function.
+enum class Activation { SiLU, GELU, ReLU, ReLU2 };
+
+// How rotary embeddings pair up the dimensions of a head: adjacent pairs (2i, 2i+1), as
+// llama.cpp stores Llama weights, or halves (i, i + d/2), as Qwen2 and Gemma use.
+enum class RopeStyle { Adjacent, Halves };
 
 // y = x / rms(x) * weight, for each of n_rows rows of length n.
 void rms_norm(const float* x, const float* weight, float* y, int64_t n_rows, int64_t n, float eps);

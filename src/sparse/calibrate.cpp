@@ -5,9 +5,9 @@
 
 #include "common/error.h"
 #include "common/thread_pool.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "flash/flash_embedding.h"
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 #include "flash/memory_plan.h"
 #include "flash/streamed_weights.h"
 #include "model/transformer.h"

@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 #include "sparse/sparse_feed_forward.h"
 
 namespace flashlm {

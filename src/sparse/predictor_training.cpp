@@ -10,7 +10,7 @@
 #include "common/adam.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "quant/fp16.h"
 #include "quant/kernels.h"
 

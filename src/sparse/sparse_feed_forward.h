@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 #include "model/feed_forward.h"
 
 namespace flashlm {

@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 #include "flash/flash_layout.h"
 #include "flash/io_engine.h"
 #include "flash/memory_plan.h"

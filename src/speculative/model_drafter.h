@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 #include "model/feed_forward.h"
 #include "model/transformer.h"
 #include "speculative/draft.h"

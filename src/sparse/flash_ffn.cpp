@@ -1,4 +1,4 @@
-#include "flash/flash_ffn.h"
+#include "sparse/flash_ffn.h"
 
 #include <sys/mman.h>
 

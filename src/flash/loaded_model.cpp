@@ -1,4 +1,4 @@
-#include "engine/model.h"
+#include "flash/loaded_model.h"
 
 namespace flashlm {
 
