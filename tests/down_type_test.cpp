@@ -264,7 +264,8 @@ TEST(DownTypeConvert, DefaultsKeepTheFilesOfBefore) {
   const std::string flm = testing::temp_path("q8-bundles-q4-down.flm");
   convert_to_flm(gguf, flm,
                  {.bundle_type = BundleType::Q8_0, .down_type = TensorType::Q4_0, .force = true});
-  const BundleLayout& b = FlashModelFile::open(flm)->layout();
+  const auto file = FlashModelFile::open(flm);
+  const BundleLayout& b = file->layout();
   EXPECT_EQ(b.gate_type, TensorType::Q8_0);
   EXPECT_EQ(b.up_type, TensorType::Q8_0);
   EXPECT_EQ(b.down_type, TensorType::Q4_0);
