@@ -144,7 +144,7 @@ TEST(Finetune, BothOptimizersLowerTheLoss) {
     // What was trained is what --lora applies.
     const std::string path = testing::temp_path(std::string("trained-") + optimizer + ".gguf");
     a.save(path);
-    LoraAdapter loaded = LoraAdapter::load(path, model->config);
+    LoraAdapter loaded = LoraAdapter::load(path, model->config.lora_shapes());
     EXPECT_NEAR(evaluate_loss(model->config, model->weights, loaded, train, 0, pool, 32), after, 1e-6);
   }
 }

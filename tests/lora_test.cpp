@@ -105,7 +105,7 @@ TEST(Lora, SavedAdapterLoadsBackUnchanged) {
   const LoraAdapter a = testing::lora_pattern(model->config, {.rank = 3, .alpha = 5});
   const std::string path = testing::temp_path("roundtrip.lora.gguf");
   a.save(path, "tiny");
-  const LoraAdapter b = LoraAdapter::load(path, model->config);
+  const LoraAdapter b = LoraAdapter::load(path, model->config.lora_shapes());
   EXPECT_EQ(b.alpha, 5);
   EXPECT_EQ(b.architecture, "llama");
   ASSERT_EQ(b.layers.size(), a.layers.size());
@@ -155,12 +155,12 @@ TEST(Lora, BadAdaptersAreRefusedWithTheReason) {
     return RawAdapter{.tensors = {{"blk.0.attn_q.weight.lora_a", {64, 2}},
                                   {"blk.0.attn_q.weight.lora_b", {2, 64}}}};
   };
-  EXPECT_NO_THROW(LoraAdapter::load(good().write("good"), c));
+  EXPECT_NO_THROW(LoraAdapter::load(good().write("good"), c.lora_shapes()));
   auto expect_error = [&](RawAdapter raw, const std::string& name, const std::string& message) {
     const std::string path = raw.write(name);
-    EXPECT_TRUE(Contains(error_of([&] { LoraAdapter::load(path, c); }), message)) << name;
+    EXPECT_TRUE(Contains(error_of([&] { LoraAdapter::load(path, c.lora_shapes()); }), message)) << name;
   };
-  EXPECT_TRUE(Contains(error_of([&] { LoraAdapter::load(base, c); }), "is not a LoRA adapter"));
+  EXPECT_TRUE(Contains(error_of([&] { LoraAdapter::load(base, c.lora_shapes()); }), "is not a LoRA adapter"));
   RawAdapter r = good();
   r.adapter_type = "control_vector";
   expect_error(r, "type", "flashlm reads LoRA adapters");
@@ -191,7 +191,7 @@ TEST(Lora, BadAdaptersAreRefusedWithTheReason) {
   // A truncated file is the GGUF reader's error, not a crash.
   const std::string cut = good().write("cut");
   std::filesystem::resize_file(cut, std::filesystem::file_size(cut) - 100);
-  EXPECT_TRUE(Contains(error_of([&] { LoraAdapter::load(cut, c); }), cut));
+  EXPECT_TRUE(Contains(error_of([&] { LoraAdapter::load(cut, c.lora_shapes()); }), cut));
 }
 
 // The twin: the same model with W + s B A written into its F32 weights.

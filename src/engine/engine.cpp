@@ -288,7 +288,7 @@ Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model), pool_(options.threads > 0 ? options.threads : ThreadPool::default_threads()) {
   adapters_.reserve(options.lora.size());
   for (const EngineOptions::Lora& l : options.lora) {
-    adapters_.push_back(LoraAdapter::load(l.path, model.config));
+    adapters_.push_back(LoraAdapter::load(l.path, model.config.lora_shapes()));
     lora_.add(adapters_.back(), l.scale);
   }
   std::optional<ActivationPredictor> predictor;

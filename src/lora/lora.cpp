@@ -112,11 +112,11 @@ std::vector<LoraTarget> parse_lora_targets(const std::string& list) {
   return out;
 }
 
-int64_t lora_target_rows(const ModelConfig& c, LoraTarget t) {
+int64_t lora_target_rows(const LoraShapes& c, LoraTarget t) {
   switch (t) {
-    case LoraTarget::AttnQ: return c.q_dim();
+    case LoraTarget::AttnQ: return c.q_dim;
     case LoraTarget::AttnK:
-    case LoraTarget::AttnV: return c.kv_dim();
+    case LoraTarget::AttnV: return c.kv_dim;
     case LoraTarget::AttnOutput:
     case LoraTarget::FfnDown: return c.d_model;
     case LoraTarget::FfnGate:
@@ -125,9 +125,9 @@ int64_t lora_target_rows(const ModelConfig& c, LoraTarget t) {
   return 0;
 }
 
-int64_t lora_target_cols(const ModelConfig& c, LoraTarget t) {
+int64_t lora_target_cols(const LoraShapes& c, LoraTarget t) {
   switch (t) {
-    case LoraTarget::AttnOutput: return c.q_dim();
+    case LoraTarget::AttnOutput: return c.q_dim;
     case LoraTarget::FfnDown: return c.d_ff;
     default: return c.d_model;
   }
@@ -150,7 +150,7 @@ int64_t LoraAdapter::parameters() const {
   return n;
 }
 
-LoraAdapter LoraAdapter::load(const std::string& path, const ModelConfig& config) {
+LoraAdapter LoraAdapter::load(const std::string& path, const LoraShapes& config) {
   const std::unique_ptr<GgufFile> file = GgufFile::open(path);
   const std::string type = file->find_string("general.type").value_or("");
   if (type != "adapter") {

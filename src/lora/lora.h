@@ -13,9 +13,16 @@
 #include <string>
 #include <vector>
 
-#include "model/config.h"
-
 namespace flashlm {
+
+// What an adapter is made for and checked against: the model's architecture and the shapes
+// of its matrices (ModelConfig::lora_shapes() gives them; lora/ sits below model/).
+struct LoraShapes {
+  std::string architecture;
+  int n_layers = 0;
+  int64_t d_model = 0, q_dim = 0, kv_dim = 0, d_ff = 0;
+  bool ffn_gated = true;
+};
 
 // The matrices an adapter may adapt, with llama.cpp's tensor names (blk.N.<name>.weight).
 enum class LoraTarget { AttnQ, AttnK, AttnV, AttnOutput, FfnGate, FfnUp, FfnDown };
@@ -27,8 +34,8 @@ bool is_ffn_target(LoraTarget target);
 // The adapted base tensor's GGUF name: blk.<layer>.<target>.weight.
 std::string lora_base_tensor_name(int layer, LoraTarget target);
 // The shape the base model gives the adapted matrix: rows (outputs) and columns (inputs).
-int64_t lora_target_rows(const ModelConfig& config, LoraTarget target);
-int64_t lora_target_cols(const ModelConfig& config, LoraTarget target);
+int64_t lora_target_rows(const LoraShapes& shapes, LoraTarget target);
+int64_t lora_target_cols(const LoraShapes& shapes, LoraTarget target);
 
 // One adapted matrix: a (rank x in, row-major) and b (out x rank).
 struct LoraPair {
@@ -55,7 +62,7 @@ struct LoraAdapter {
   // Reads a llama.cpp LoRA GGUF for the model `config` describes; every problem (not an
   // adapter, another architecture, a shape that does not fit this model, an unknown tensor,
   // an unsupported tensor type) is an Error that names the tensor and what to do.
-  static LoraAdapter load(const std::string& path, const ModelConfig& config);
+  static LoraAdapter load(const std::string& path, const LoraShapes& model);
   // The bytes load() will hold for the file's LoRA tensors (as floats), for the memory plan;
   // 0 when the file cannot be read (load() then says why).
   static uint64_t file_float_bytes(const std::string& path);

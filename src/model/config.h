@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "lora/lora.h"
 #include "ops/ops.h"
 
 namespace flashlm {
@@ -46,6 +47,10 @@ struct ModelConfig {
     return sliding_window_pattern > 0 && (layer + 1) % sliding_window_pattern != 0;
   }
   int q_dim() const { return n_heads * head_dim; }
+  // What a LoRA adapter of this model is made for and checked against.
+  LoraShapes lora_shapes() const {
+    return {architecture, n_layers, d_model, q_dim(), kv_dim(), d_ff, ffn_gated};
+  }
   int kv_dim() const { return n_kv_heads * head_dim; }
   int v_dim() const { return n_kv_heads * value_dim; }
 

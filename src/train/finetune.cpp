@@ -112,8 +112,8 @@ LoraAdapter new_adapter(const ModelConfig& config, int rank, float alpha,
     for (LoraTarget t : targets) {
       if (t == LoraTarget::FfnGate && !config.ffn_gated) continue;
       LoraPair& p = a.pair(l, t);
-      p.in = lora_target_cols(config, t);
-      p.out = lora_target_rows(config, t);
+      p.in = lora_target_cols(config.lora_shapes(), t);
+      p.out = lora_target_rows(config.lora_shapes(), t);
       if (rank > std::min(p.in, p.out)) {
         fail("--lora-rank {} is larger than {}'s smaller side ({})", rank, lora_target_name(t),
              std::min(p.in, p.out));

@@ -17,8 +17,8 @@ LoraAdapter lora_pattern(const ModelConfig& config, const LoraPatternSpec& spec)
       const int t = static_cast<int>(target);
       LoraPair& p = a.pair(l, target);
       p.rank = spec.rank;
-      p.in = lora_target_cols(config, target);
-      p.out = lora_target_rows(config, target);
+      p.in = lora_target_cols(config.lora_shapes(), target);
+      p.out = lora_target_rows(config.lora_shapes(), target);
       p.a.resize(static_cast<size_t>(p.rank * p.in));
       p.b.resize(static_cast<size_t>(p.out * p.rank));
       for (int64_t r = 0; r < p.rank; ++r) {
