@@ -93,7 +93,7 @@ for vq in $sve_vq; do
     "$(qemu-aarch64 -cpu "$cpu" -L / "$build_dir/flashlm" --version 2>&1 | tail -1)"
   log="$build_dir/sve_vq$vq.log"
   if ! qemu-aarch64 -cpu "$cpu" -L / "$build_dir/flashlm_tests" \
-      --gtest_filter='*Quant*:*Types*:*Kernel*:*Sparse*' > "$log" 2>&1; then
+      --gtest_filter='*Quant*:*Types*:*Kernel*:*Sparse*:-*RealModel*' > "$log" 2>&1; then
     grep -E "^\[  FAILED  \]|Failure" "$log" | head -20
     echo "arm64: kernel tests failed at $((128 * vq))-bit SVE vectors ($log)" >&2
     exit 1
