@@ -1,21 +1,12 @@
 #include "engine/generate.h"
 
 #include <algorithm>
-#include <chrono>
 #include <vector>
 
 #include "common/error.h"
+#include "common/stopwatch.h"
 
 namespace flashlm {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-}  // namespace
 
 GenerationStats generate(Transformer& transformer, Sampler& sampler, const Tokenizer& tokenizer,
                          std::span<const int32_t> prompt, int max_tokens,

@@ -54,13 +54,15 @@ void WeightPager::release_embedding() const {
   }
 }
 
+uint64_t WeightPager::layer_bytes(const LayerWeights& layer) {
+  uint64_t bytes = 0;
+  for_each_matrix(layer, [&](const Matrix& m) { bytes += m.bytes(); });
+  return bytes;
+}
+
 uint64_t WeightPager::largest_layer_bytes() const {
   uint64_t most = 0;
-  for (const LayerWeights& w : weights_.layers) {
-    uint64_t bytes = 0;
-    for_each_matrix(w, [&](const Matrix& m) { bytes += m.bytes(); });
-    most = std::max(most, bytes);
-  }
+  for (const LayerWeights& w : weights_.layers) most = std::max(most, layer_bytes(w));
   return most;
 }
 

@@ -28,6 +28,8 @@ class WeightPager {
   // The most bytes one layer's matrices take: what a pass holds of the weights at a time,
   // besides a tile of the head.
   uint64_t largest_layer_bytes() const;
+  // The bytes of a layer's matrices (what prefetch_layer reads).
+  static uint64_t layer_bytes(const LayerWeights& layer);
 
  private:
   const GgufFile& file_;

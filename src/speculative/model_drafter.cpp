@@ -60,11 +60,7 @@ ModelDrafter::ModelDrafter(std::unique_ptr<Model> draft, const Model& target, Th
 std::string ModelDrafter::name() const { return "model " + file_name(*model_); }
 
 std::span<const float> ModelDrafter::feed(std::span<const int32_t> tokens) {
-  std::span<const float> logits;
-  const size_t batch = static_cast<size_t>(transformer_.max_batch());
-  for (size_t at = 0; at < tokens.size(); at += batch) {
-    logits = transformer_.forward(tokens.subspan(at, std::min(batch, tokens.size() - at)));
-  }
+  const std::span<const float> logits = transformer_.forward(tokens);  // in batches itself
   cached_.insert(cached_.end(), tokens.begin(), tokens.end());
   return logits;
 }

@@ -16,6 +16,7 @@
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
 #include "loss/cross_entropy.h"
+#include "model/weight_pager.h"
 #include "train/lora_trainer.h"
 
 namespace flashlm {
@@ -288,11 +289,7 @@ TrainingMemory plan_training_memory(const ModelConfig& config, const ModelWeight
   m.activations = LoraTrainer::scratch_bytes(config, max_tokens) +
                   tiled_loss_scratch_bytes(weights.output, max_tokens, loss);
   uint64_t all_weights = weights.output.bytes() + weights.token_embedding.bytes();
-  for (const LayerWeights& w : weights.layers) {
-    for (const Matrix* x : {&w.wq, &w.wk, &w.wv, &w.wo, &w.ffn_gate, &w.ffn_up, &w.ffn_down}) {
-      all_weights += x->bytes();
-    }
-  }
+  for (const LayerWeights& w : weights.layers) all_weights += WeightPager::layer_bytes(w);
   const uint64_t tile = static_cast<uint64_t>(std::min<int64_t>(loss.tile, weights.output.rows));
   m.weights = all_weights;
   m.reserve = (9ull << 20) + (m.adapter + m.activations) / 64;
