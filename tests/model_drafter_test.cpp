@@ -114,6 +114,11 @@ TEST(ModelDrafter, DraftsAfterARejectionEqualAFreshDrafters) {
   other.insert(other.end(), {50, 60, 70});
   EXPECT_EQ(drafter.draft(other, 6), fresh().draft(other, 6));
   EXPECT_EQ(drafter.draft(other, 6), fresh().draft(other, 6));
+  // A prefill of a context the cache already holds (the server's second look at a prompt)
+  // feeds nothing and changes nothing.
+  drafter.prefill(other);
+  drafter.prefill(other);
+  EXPECT_EQ(drafter.draft(other, 6), fresh().draft(other, 6));
   // p_min: the drafts stop before the first token the draft model is less sure of.
   ModelDrafter cautious = fresh(0.05f);
   const std::vector<int32_t> all = drafter.draft(other, 8);

@@ -60,6 +60,7 @@ ModelDrafter::ModelDrafter(std::unique_ptr<Model> draft, const Model& target, Th
 std::string ModelDrafter::name() const { return "model " + file_name(*model_); }
 
 std::span<const float> ModelDrafter::feed(std::span<const int32_t> tokens) {
+  if (tokens.empty()) return {};  // all of it cached already (prefill only)
   const std::span<const float> logits = transformer_.forward(tokens);  // in batches itself
   cached_.insert(cached_.end(), tokens.begin(), tokens.end());
   return logits;
