@@ -13,6 +13,7 @@
 #include "engine/generate.h"
 #include "flash/loaded_model.h"
 #include "flash/flash_layout.h"
+#include "speculative/self_drafter.h"
 #include "support/test_model.h"
 
 namespace flashlm {
@@ -162,7 +163,8 @@ TEST(Speculative, StopsWhereTheCallerSaysAndKeepsTheCacheConsistent) {
 }
 
 // The real default model in every mode under a budget that puts the FFN on flash; ngram
-// drafts on a greedy continuation of real text (the model repeats itself, so drafts are taken).
+// drafts on a greedy continuation of real text (the model repeats itself, so drafts are taken),
+// and self drafts in hybrid mode (its resident neurons).
 TEST(Speculative, RealModelEveryModeEqualsPlainDecoding) {
   const std::string gguf = std::string(FLASHLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!std::filesystem::exists(gguf)) {
@@ -196,6 +198,15 @@ TEST(Speculative, RealModelEveryModeEqualsPlainDecoding) {
       EXPECT_EQ(spec.tokens, plain.tokens) << c.mode << " temperature " << sampling.temperature;
       if (sampling.temperature == 0) {
         EXPECT_GT(spec.stats.accepted_tokens, 0) << c.mode;
+      }
+      // The model drafting for itself where the mode keeps part of the FFN in DRAM.
+      if (c.mode == "hybrid") {
+        SelfDrafter self(engine.transformer(), 0.0f);
+        const Generated drafted =
+            generate_with(engine, c.model->tokenizer, prompt, 40, sampling, &self, 8);
+        EXPECT_EQ(drafted.tokens, plain.tokens) << c.mode << " self, temperature "
+                                                << sampling.temperature;
+        EXPECT_GT(drafted.stats.drafted_tokens, 0) << c.mode;
       }
     }
   }

@@ -18,6 +18,7 @@
 #include "engine/engine.h"
 #include "flash/loaded_model.h"
 #include "engine/generate.h"
+#include "speculative/self_drafter.h"
 #include "flash/flash_layout.h"
 #include "gguf/gguf.h"
 #include "quant/kernels.h"
@@ -208,8 +209,17 @@ ModeResult bench_mode(const BenchOptions& o, const std::string& mode,
   r.model_name = model->config.name;
   r.plan_total_bytes = engine.plan()->total_bytes();
   r.budget_bytes = engine.plan()->budget_given ? engine.plan()->budget : 0;
+  // A mode with no resident part of its own (naive, mmap) cannot draft for itself: it decodes
+  // plainly, and says so.
+  const bool self_refused =
+      o.common.draft == "self" && !self_draft_refusal(tr).empty() && mode != "dense";
+  if (self_refused) {
+    std::fprintf(stderr, "%s: decoding without drafts: %s\n", mode.c_str(),
+                 self_draft_refusal(tr).c_str());
+  }
   const std::unique_ptr<Drafter> drafter =
-      mode == "dense" ? nullptr : o.common.build_drafter(engine, std::move(draft_model));
+      mode == "dense" || self_refused ? nullptr
+                                      : o.common.build_drafter(engine, std::move(draft_model));
   // The prompt, for the target and (a draft model) for the drafter.
   auto start = Clock::now();
   std::span<const float> logits = tr.forward(prompt);

@@ -23,7 +23,7 @@ struct CommonOptions {
   void add_context(CLI::App& cmd, int default_size);
   // --mode, --mem-budget, --io: how the FFN is served (.flm models stream from flash).
   void add_flash(CLI::App& cmd);
-  // --draft SOURCE (none, ngram, or a draft model's GGUF file), -md/--model-draft MODEL,
+  // --draft SOURCE (none, ngram, self, or a draft model's GGUF file), -md/--model-draft MODEL,
   // --draft-max, --draft-p-min: speculative decoding (run, chat, serve, bench).
   std::string draft = "none";
   std::string draft_model;

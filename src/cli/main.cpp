@@ -9,6 +9,7 @@
 #include "common/thread_pool.h"
 #include "quant/kernels.h"
 #include "speculative/model_drafter.h"
+#include "speculative/self_drafter.h"
 
 namespace flashlm {
 
@@ -114,10 +115,12 @@ void add_sampling_options(CLI::App& cmd, SamplingParams& sampling, bool& seed_gi
 void CommonOptions::add_draft(CLI::App& cmd) {
   cmd.add_option("--draft", draft,
                  "Speculative decoding: ngram (prompt lookup: continue an n-gram already in the "
-                 "context; no model), a draft model's GGUF file (as -md), or none. Each step "
+                 "context; no model), self (the model's own neurons that the budget keeps in "
+                 "DRAM: a .flm under --mem-budget; no extra memory), a draft model's GGUF file "
+                 "(as -md), or none. Each step "
                  "verifies the draft plus one token in one batched pass (on flash: one read of "
                  "each layer for all of them); the output is the same as without it")
-      ->check(CLI::IsMember({"none", "ngram"}) | CLI::ExistingFile)
+      ->check(CLI::IsMember({"none", "ngram", "self"}) | CLI::ExistingFile)
       ->capture_default_str();
   cmd.add_option("--model-draft", draft_model,
                  "Draft model (also -md) for speculative decoding: a GGUF with the model's "
@@ -128,16 +131,16 @@ void CommonOptions::add_draft(CLI::App& cmd) {
       ->check(CLI::Range(1, 63))
       ->capture_default_str();
   cmd.add_option("--draft-p-min", draft_p_min,
-                 "Draft model: stop drafting when its most likely next token has a probability "
-                 "below this")
+                 "Draft model or self: stop drafting when the most likely next token has a "
+                 "probability below this")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
 }
 
 std::string CommonOptions::draft_model_path() const {
-  const bool named = draft != "none" && draft != "ngram";
-  if (!draft_model.empty() && draft == "ngram") {
-    fail("--draft ngram and a draft model (-md {}) were both given: pick one", draft_model);
+  const bool named = draft != "none" && draft != "ngram" && draft != "self";
+  if (!draft_model.empty() && (draft == "ngram" || draft == "self")) {
+    fail("--draft {} and a draft model (-md {}) were both given: pick one", draft, draft_model);
   }
   if (!draft_model.empty() && named && draft != draft_model) {
     fail("two draft models were given (--draft {} and -md {}): pick one", draft, draft_model);
@@ -152,6 +155,7 @@ std::unique_ptr<Model> CommonOptions::load_draft_model(const Model& target) cons
 
 std::unique_ptr<Drafter> CommonOptions::build_drafter(Engine& target,
                                                       std::unique_ptr<Model> draft_loaded) const {
+  if (draft == "self") return std::make_unique<SelfDrafter>(target.transformer(), draft_p_min);
   if (!draft_loaded) return make_drafter(draft);
   return std::make_unique<ModelDrafter>(std::move(draft_loaded), target.model(), target.pool(),
                                         draft_transformer_options(engine_options()), draft_p_min);

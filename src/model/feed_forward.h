@@ -17,13 +17,18 @@ class ThreadPool;
 // One layer of one forward pass as the FFN sees it, said by the transformer rather than
 // guessed: which pass this is (the clock a neuron cache's window counts in), the layer, the
 // layer computed after it (where a read-ahead should go: the next pass's first layer after the
-// last one), and the pass's tokens and how many sequences they belong to.
+// last one), the pass's tokens and how many sequences they belong to, and whether the pass
+// is a draft that computes only the neurons in DRAM.
 struct FfnStep {
   uint64_t pass = 0;
   int layer = 0;
   int next_layer = 0;
   int64_t n_tokens = 1;
   int sequences = 1;
+  // The model drafting for itself (speculative/self_drafter.h): compute only the neurons held
+  // in DRAM, read nothing, and leave any read-ahead of the real passes as it is. An FFN with
+  // every neuron in DRAM computes them all.
+  bool resident_only = false;
 };
 
 class FeedForward {
@@ -32,6 +37,10 @@ class FeedForward {
   // out[t] = FFN_layer(x[t]) for t < step.n_tokens; x is the normalized hidden state,
   // n_tokens x d_model, and out has the same shape.
   virtual void forward(const FfnStep& step, const float* x, float* out) = 0;
+  // The share of each layer's neurons a resident_only step computes, when it is a real part of
+  // the FFN (0 < share < 1: some neurons in DRAM, the others on flash); 0 where resident_only
+  // steps are not supported (the FFN reads what it computes) and 1 where everything is in DRAM.
+  virtual double resident_share() const { return 1.0; }
 };
 
 // All FFN weights in DRAM: down(act(gate(x)) * up(x)), each matrix with the LoRA adapters of

@@ -92,7 +92,7 @@ std::span<const float> Transformer::forward_hidden(std::span<const int32_t> toke
     fail("forward_hidden() takes at most the batch size ({}) tokens at once, not {}",
          options_.max_batch, tokens.size());
   }
-  forward_own(tokens, false, true);
+  forward_own(tokens, false, true, false);
   return {xn_.data(), tokens.size() * static_cast<size_t>(config_.d_model)};
 }
 
@@ -108,20 +108,29 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
   }
   for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
     const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
-    forward_own(tokens.subspan(start, n), all_logits, false);
+    forward_own(tokens.subspan(start, n), all_logits, false, false);
   }
   const size_t vocab = config_.vocab_size;
   if (all_logits) return {logits_.data(), tokens.size() * vocab};
   return {logits_.data(), vocab};
 }
 
+std::span<const float> Transformer::forward_resident(std::span<const int32_t> tokens) {
+  check_tokens(cache_, tokens);
+  for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
+    const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
+    forward_own(tokens.subspan(start, n), false, false, true);
+  }
+  return {logits_.data(), static_cast<size_t>(config_.vocab_size)};
+}
+
 void Transformer::forward_own(std::span<const int32_t> tokens, bool all_logits,
-                              bool hidden_only) {
+                              bool hidden_only, bool resident_only) {
   const SequenceStep step{&cache_, tokens};
   const int64_t n = gather({&step, 1});
   logit_rows_.clear();
   for (int64_t i = all_logits ? 0 : n - 1; i < n; ++i) logit_rows_.push_back(i);
-  forward_batch(n, logit_rows_, hidden_only);
+  forward_batch(n, logit_rows_, hidden_only, resident_only);
 }
 
 std::span<const float> Transformer::forward(std::span<const SequenceStep> steps) {
@@ -175,11 +184,11 @@ int64_t Transformer::gather(std::span<const SequenceStep> steps) {
 }
 
 void Transformer::forward_batch(int64_t n, std::span<const int64_t> logit_rows,
-                                bool hidden_only) {
+                                bool hidden_only, bool resident_only) {
   const ModelConfig& c = config_;
   const int64_t d = c.d_model;
   const std::span<const int32_t> tokens(tokens_.data(), static_cast<size_t>(n));
-  FfnStep step{.pass = ++passes_, .n_tokens = n, .sequences = 1};
+  FfnStep step{.pass = ++passes_, .n_tokens = n, .sequences = 1, .resident_only = resident_only};
   for (int64_t i = 1; i < n; ++i) step.sequences += token_cache_[i] != token_cache_[i - 1];
 
   // x = embedding of each token (scaled by sqrt(d_model) in Gemma).

@@ -78,6 +78,11 @@ class Transformer {
   // `sequences` steps and max_batch tokens in all. A token's logits are exactly what a pass
   // of its sequence alone gives: every row of the batch is computed on its own.
   std::span<const float> forward(std::span<const SequenceStep> steps);
+  // As forward(tokens) (the logits of the last token), with the FFN computing only what it
+  // holds in DRAM (FfnStep::resident_only): on flash a pass that reads nothing, whose logits
+  // guess forward()'s, so that the model can draft for itself (speculative/self_drafter.h).
+  // The KV entries it appends are the guess's too: truncate them before a real pass.
+  std::span<const float> forward_resident(std::span<const int32_t> tokens);
   // As forward(), without the output head: the final normalized hidden states of every token
   // (tokens.size() x d_model, at most max_batch tokens), for a loss that applies the head in
   // tiles of the vocabulary (loss/cross_entropy.h). Valid until the next call.
@@ -97,6 +102,7 @@ class Transformer {
   // Forgets everything from position n on in the transformer's own cache (n = 0 starts over).
   void truncate(int n) { cache_.truncate(n); }
   const ModelConfig& config() const { return config_; }
+  const FeedForward& feed_forward() const { return ffn_; }
   size_t kv_cache_bytes() const { return cache_.bytes(); }
   // What a Transformer with these options will allocate, for the memory plan: its KV cache, and
   // every other buffer it holds (activations, logits, attention scratch of `threads` workers).
@@ -114,10 +120,13 @@ class Transformer {
   int64_t gather(std::span<const SequenceStep> steps);
   // The layers over the n gathered tokens; then the output head over the rows `logit_rows`
   // (token indices), unless `hidden_only`. Every cache advances by its tokens.
-  void forward_batch(int64_t n, std::span<const int64_t> logit_rows, bool hidden_only = false);
+  // With `resident_only` the FFN computes only what it holds in DRAM (forward_resident).
+  void forward_batch(int64_t n, std::span<const int64_t> logit_rows, bool hidden_only = false,
+                     bool resident_only = false);
   void attention(int layer, const LayerWeights& w, int64_t n_tokens);
   // The single-sequence pass over `tokens` on the transformer's own cache.
-  void forward_own(std::span<const int32_t> tokens, bool all_logits, bool hidden_only);
+  void forward_own(std::span<const int32_t> tokens, bool all_logits, bool hidden_only,
+                   bool resident_only);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;

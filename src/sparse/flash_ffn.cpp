@@ -139,9 +139,35 @@ void FlashFeedForward::gather_bundles(int layer) {
   stats_.memory_seconds += seconds_since(start);
 }
 
+double FlashFeedForward::resident_share() const {
+  switch (plan_.mode) {
+    case FfnMode::Dense:
+      return 1.0;
+    case FfnMode::Hybrid:
+      return static_cast<double>(plan_.resident_neurons_per_layer) / file_.d_ff();
+    default:
+      return 0.0;  // naive and mmap hold nothing of their own
+  }
+}
+
 void FlashFeedForward::forward(const FfnStep& step, const float* x, float* out) {
   const int layer = step.layer;
   const int64_t n_tokens = step.n_tokens;
+  if (step.resident_only && plan_.mode != FfnMode::Dense) {
+    // The resident first neurons alone, nothing read.
+    if (plan_.mode != FfnMode::Hybrid) {
+      fail("internal error: a resident-only pass in {} mode, which holds no neurons",
+           ffn_mode_name(plan_.mode));
+    }
+    const size_t stride = file_.layout().stride;
+    const int keep = plan_.resident_neurons_per_layer;
+    const uint8_t* first = resident_.data() + static_cast<size_t>(layer) * keep * stride;
+    resident_bundles_.resize(keep);
+    for (int i = 0; i < keep; ++i) resident_bundles_[i] = first + static_cast<size_t>(i) * stride;
+    sparse_ffn_.forward(resident_bundles_, x, n_tokens, out,
+                        thresholds_.empty() ? 0.0f : thresholds_[layer]);
+    return;
+  }
   gather_bundles(layer);
   const auto start = Clock::now();
   sparse_ffn_.forward(bundles_, x, n_tokens, out, thresholds_.empty() ? 0.0f : thresholds_[layer]);

@@ -32,6 +32,9 @@ class FlashFeedForward : public FeedForward {
   ~FlashFeedForward() override;
 
   void forward(const FfnStep& step, const float* x, float* out) override;
+  // dense: 1; hybrid: its resident first neurons (a resident-only step computes them alone);
+  // naive and mmap: 0.
+  double resident_share() const override;
 
   // Per-layer activation thresholds (see sparse/sparsity.h); empty: every neuron counts.
   void set_thresholds(std::vector<float> thresholds);
@@ -58,6 +61,7 @@ class FlashFeedForward : public FeedForward {
   void gather_bundles(int layer);
   std::vector<const uint8_t*> bundles_;  // this layer's bundles, handed to the FFN kernel
   int gathered_layer_ = -1;              // whose bundles bundles_ points at
+  std::vector<const uint8_t*> resident_bundles_;  // a resident-only step's
   std::vector<float> thresholds_;
   void* map_ = nullptr;     // mmap mode: the whole file
   size_t map_bytes_ = 0;

@@ -55,6 +55,10 @@ StreamedSparseFfn::StreamedSparseFfn(const FlashModelFile& file, const ModelConf
   }
 }
 
+double StreamedSparseFfn::resident_share() const {
+  return static_cast<double>(resident_neurons_) / file_.d_ff();
+}
+
 StreamedSparseFfn::~StreamedSparseFfn() {
   if (reading_layer_ < 0) return;
   try {
@@ -105,6 +109,17 @@ void StreamedSparseFfn::forward(const FfnStep& step, const float* x, float* out)
   const int d_ff = file_.d_ff();
   const size_t stride = file_.layout().stride;
 
+  const uint8_t* resident =
+      resident_.data() + static_cast<size_t>(layer) * resident_neurons_ * stride;
+  if (step.resident_only) {
+    // The model drafting for itself: the resident neurons alone, and the read-ahead of the
+    // real passes (the next one's first layer, in flight since the last) left running.
+    bundles_.clear();
+    for (int n = 0; n < resident_neurons_; ++n) bundles_.push_back(resident + n * stride);
+    sparse_ffn_.forward(bundles_, x, n_tokens, out, thresholds_[layer]);
+    return;
+  }
+
   // 1. This layer's streamed part, and the next layer's read started behind it, so the disk
   // stays busy while this layer and the next one's attention compute.
   const uint8_t* streamed = nullptr;
@@ -119,8 +134,6 @@ void StreamedSparseFfn::forward(const FfnStep& step, const float* x, float* out)
   // are here anyway, its misses among the resident ones cost quality (Qwen2.5, 34% of the
   // neurons resident: +3.7% perplexity at 95% recall against +1.1% for the thresholds alone),
   // and the compute runs behind the next layer's reads. predicted-only: the predicted ones.
-  const uint8_t* resident =
-      resident_.data() + static_cast<size_t>(layer) * resident_neurons_ * stride;
   const auto streamed_bundle = [&](int32_t n) {
     return streamed + static_cast<size_t>(n - resident_neurons_) * stride;
   };

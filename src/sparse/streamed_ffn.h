@@ -37,6 +37,8 @@ class StreamedSparseFfn : public SparseFeedForward {
   ~StreamedSparseFfn() override;  // waits for a read-ahead still in flight
 
   void forward(const FfnStep& step, const float* x, float* out) override;
+  // The resident first neurons' share of each layer: what a resident-only step computes.
+  double resident_share() const override;
 
   const IoEngine& io() const { return io_; }
 

@@ -71,6 +71,9 @@ void WindowedSparseFfn::add_read_neighbours(const ReadPlan& plan, uint64_t layer
 }
 
 void WindowedSparseFfn::forward(const FfnStep& step, const float* x, float* out) {
+  if (step.resident_only) {
+    fail("internal error: a resident-only pass with planned reads (resident_share() is 0)");
+  }
   const int layer = step.layer;
   const int64_t n_tokens = step.n_tokens;
   const FlmLayer& l = file_.layers()[layer];

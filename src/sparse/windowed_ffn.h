@@ -30,6 +30,8 @@ class WindowedSparseFfn : public SparseFeedForward {
                     IoBackend backend, const PlannerSettings& planner, ThreadPool& pool);
 
   void forward(const FfnStep& step, const float* x, float* out) override;
+  // Which neurons are cached changes every token: no fixed resident part to draft with.
+  double resident_share() const override { return 0.0; }
 
   const IoEngine& io() const { return io_; }
 

@@ -1,6 +1,7 @@
 #include "speculative/draft.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/error.h"
 
@@ -71,12 +72,19 @@ int DraftLength::next() const {
   return best;
 }
 
+TopToken top_token(std::span<const float> logits) {
+  const auto best = std::max_element(logits.begin(), logits.end());
+  // p(top) = 1 / sum(exp(logit - top)).
+  double sum = 0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l - *best));
+  return {static_cast<int32_t>(best - logits.begin()), 1.0 / sum};
+}
+
 std::unique_ptr<Drafter> make_drafter(const std::string& source) {
   if (source.empty() || source == "none") return nullptr;
   if (source == "ngram") return std::make_unique<NgramDrafter>();
-  fail("--draft {}: not a draft source; supported: ngram (prompt lookup), none, or a draft "
-       "model's GGUF file (also -md MODEL.gguf). Drafting with the target's resident neurons "
-       "(self) is not built yet",
+  fail("--draft {}: not a draft source; supported: ngram (prompt lookup), self (the model's "
+       "own DRAM-resident neurons), none, or a draft model's GGUF file (also -md MODEL.gguf)",
        source);
 }
 

@@ -21,9 +21,17 @@ class Drafter {
   // Takes in `context` (a prompt) ahead of the first draft, so that what that costs a drafter
   // with state (a draft model's KV cache) counts as prompt processing; others ignore it.
   virtual void prefill(std::span<const int32_t> /*context*/) {}
-  // What drafts: "ngram", or the draft model's file.
+  // What drafts: "ngram", "self", or the draft model's file.
   virtual std::string name() const = 0;
 };
+
+// The most likely token of `logits` and its probability under their softmax: what a greedy
+// draft proposes, and how sure it is (--draft-p-min).
+struct TopToken {
+  int32_t token = 0;
+  double probability = 0;
+};
+TopToken top_token(std::span<const float> logits);
 
 // Prompt lookup: the last n tokens of the context (n from max_n down to min_n) are searched for
 // earlier in the context, and what followed their latest earlier occurrence is the draft.
@@ -66,7 +74,8 @@ class DraftLength {
 
 // `--draft SOURCE` as a Drafter: "ngram"; "none" (or empty) gives null. Anything else is an
 // error that lists what is supported. A draft model (ModelDrafter, speculative/model_drafter.h)
-// is built by the caller, which counts its memory in the target's budget first.
+// is built by the caller, which counts its memory in the target's budget first, and so is
+// "self" (SelfDrafter, speculative/self_drafter.h), which needs the target's transformer.
 std::unique_ptr<Drafter> make_drafter(const std::string& source);
 
 }  // namespace flashlm

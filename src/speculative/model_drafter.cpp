@@ -104,15 +104,13 @@ std::vector<int32_t> ModelDrafter::draft(std::span<const int32_t> context, int m
   if (logits.empty()) return out;
   const Tokenizer& vocabulary = model_->tokenizer;
   for (;;) {
-    const auto best = std::max_element(logits.begin(), logits.end());
-    const int32_t token = static_cast<int32_t>(best - logits.begin());
-    // The top token's probability: 1 / sum(exp(logit - top)).
-    double sum = 0;
-    for (float l : logits) sum += std::exp(static_cast<double>(l - *best));
-    if (1.0 / sum < p_min_ || token >= draftable_ || vocabulary.is_unused(token)) break;
-    out.push_back(token);
+    const TopToken top = top_token(logits);
+    if (top.probability < p_min_ || top.token >= draftable_ || vocabulary.is_unused(top.token)) {
+      break;
+    }
+    out.push_back(top.token);
     if (static_cast<int>(out.size()) == max_tokens) break;
-    logits = feed(std::span(&token, 1));
+    logits = feed(std::span(&top.token, 1));
   }
   return out;
 }

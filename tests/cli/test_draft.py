@@ -34,6 +34,20 @@ def test_a_draft_model_gives_plain_decodings_text():
         assert f"draft model {GGUF.name}:" in r.stderr and "tokens per pass" in r.stderr
 
 
+def test_self_drafts_give_plain_decodings_text_and_need_a_resident_part(tmp_path):
+    flm = tmp_path / "smollm2.flm"
+    flashlm("convert", "-m", GGUF, "-o", flm)
+    run = ["run", "-m", flm, *RUN[3:], "--mem-budget", "110M", "--mode", "hybrid"]
+    plain = flashlm(*run)
+    drafted = flashlm(*run, "--draft", "self", "--draft-p-min", 0)
+    assert drafted.stdout == plain.stdout
+    assert "draft self:" in drafted.stderr and "tokens per pass" in drafted.stderr
+    r = flashlm(*RUN, "--draft", "self", check=False)  # a GGUF: all of it in DRAM
+    assert r.returncode != 0 and "every FFN neuron is in DRAM" in r.stderr
+    r = flashlm(*RUN, "--draft", "self", "-md", GGUF, check=False)
+    assert r.returncode != 0 and "--draft self and a draft model" in r.stderr
+
+
 def test_contradicting_or_unknown_draft_sources_are_refused():
     r = flashlm(*RUN, "--draft", "ngram", "-md", GGUF, check=False)
     assert r.returncode != 0 and "--draft ngram and a draft model" in r.stderr

@@ -1,0 +1,37 @@
+// The model drafting for itself (`--draft self`): on flash, the neurons the memory budget keeps
+// in DRAM are a smaller model inside the target, free to run: a pass over them reads nothing.
+// It drafts greedily with them, as a separate draft model would, but with no weights, KV cache
+// or tokenizer of its own (SubSpec's and Draft & Verify's idea: a draft made from the target).
+//
+// The draft passes append to the target's own KV cache, after the verified context, and the
+// drafter truncates them away before the verifying pass, which writes those positions again:
+// what the target computes is untouched, so the output stays plain decoding's (the argument
+// in model_drafter.h holds for any greedy draft).
+#pragma once
+
+#include "model/transformer.h"
+#include "speculative/draft.h"
+
+namespace flashlm {
+
+class SelfDrafter : public Drafter {
+ public:
+  // `target` is the transformer generate() verifies with; its FFN must hold part, not all and
+  // not none, of its neurons in DRAM (FeedForward::resident_share() strictly between 0 and 1),
+  // else this throws saying which modes can draft for themselves.
+  SelfDrafter(Transformer& target, float p_min);
+
+  // `context` continues what the target's KV cache holds (generate() calls it with the
+  // verified tokens in the cache and the last sampled one not yet fed).
+  std::vector<int32_t> draft(std::span<const int32_t> context, int max_tokens) override;
+  std::string name() const override { return "self"; }
+
+ private:
+  Transformer& target_;
+  float p_min_;
+};
+
+// Why `target` cannot draft for itself (every neuron in DRAM, or none), or empty when it can.
+std::string self_draft_refusal(const Transformer& target);
+
+}  // namespace flashlm

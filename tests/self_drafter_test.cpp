@@ -1,0 +1,178 @@
+// The model drafting for itself with its DRAM-resident neurons (--draft self): the output is
+// plain decoding's in every mode that has a resident part, the draft passes leave the target's
+// KV cache as they found it and read nothing, and modes with all or none of the FFN in DRAM
+// are refused with a clear error.
+#include "speculative/self_drafter.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "common/error.h"
+#include "engine/engine.h"
+#include "engine/generate.h"
+#include "flash/flash_layout.h"
+#include "support/test_model.h"
+
+namespace flashlm {
+namespace {
+
+struct Converted {
+  std::string gguf, flm;
+};
+
+Converted converted(const std::string& name) {
+  Converted c{testing::temp_path(name + ".gguf"), testing::temp_path(name + ".flm")};
+  testing::write_tiny_model(c.gguf, {.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0});
+  convert_to_flm(c.gguf, c.flm, {.force = true});
+  return c;
+}
+
+EngineOptions options(const std::string& mode, const std::string& budget = "") {
+  return {.threads = 2,
+          .context_size = 128,
+          .max_batch = 16,
+          .all_logits = true,
+          .logit_rows = 9,
+          .mode = mode,
+          .mem_budget = budget};
+}
+
+// A budget that keeps about half of the FFN in DRAM in `mode`.
+std::string half_the_ffn(const Model& model, const std::string& mode) {
+  const MemoryPlan roomy = plan_engine_memory(model, options(mode));
+  return std::to_string(roomy.fixed_bytes() + roomy.ffn_bytes / 2);
+}
+
+struct Generated {
+  std::vector<int32_t> tokens;
+  GenerationStats stats;
+  int n_past = 0;
+};
+
+Generated generate_with(Engine& engine, std::span<const int32_t> prompt, int n,
+                        SamplingParams sampling, Drafter* drafter) {
+  Transformer& tr = engine.transformer();
+  tr.truncate(0);
+  Sampler sampler(sampling);
+  Generated r;
+  r.stats = generate(tr, sampler, engine.model().tokenizer, prompt, n,
+                     [&](int32_t t) { return r.tokens.push_back(t), true; }, {},
+                     {.drafter = drafter, .max_tokens = 6, .stop_at_end_of_generation = false});
+  r.n_past = tr.n_past();
+  return r;
+}
+
+const std::vector<int32_t> kPrompt = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114};
+
+TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
+  const Converted m = converted("self-draft");
+  auto model = Model::load(m.flm);
+  for (const std::string mode : {"sparse", "hybrid"}) {
+    Engine engine(*model, options(mode, half_the_ffn(*model, mode)));
+    const int resident = engine.plan()->resident_neurons_per_layer;
+    ASSERT_GT(resident, 0) << mode;
+    ASSERT_LT(resident, model->config.d_ff) << mode;
+    for (const SamplingParams sampling :
+         {SamplingParams{.temperature = 0}, SamplingParams{.temperature = 0.9f, .seed = 3}}) {
+      const Generated plain = generate_with(engine, kPrompt, 40, sampling, nullptr);
+      SelfDrafter self(engine.transformer(), /*p_min=*/0.0f);
+      EXPECT_EQ(self.name(), "self");
+      const Generated spec = generate_with(engine, kPrompt, 40, sampling, &self);
+      EXPECT_EQ(spec.tokens, plain.tokens) << mode << " temperature " << sampling.temperature;
+      EXPECT_EQ(spec.n_past, plain.n_past) << mode;
+      EXPECT_GT(spec.stats.drafted_tokens, 0) << mode;
+    }
+  }
+}
+
+// A draft computes the resident neurons alone and reads nothing: its logits differ from the
+// full pass's, the streamed and hybrid FFNs (the same first neurons resident) agree on them,
+// no byte is read from flash, and the KV cache is as before.
+TEST(SelfDrafter, DraftPassesReadNothingAndLeaveTheCache) {
+  const Converted m = converted("self-draft-pass");
+  auto model = Model::load(m.flm);
+  Engine streamed(*model, options("sparse", half_the_ffn(*model, "sparse")));
+  const int resident = streamed.plan()->resident_neurons_per_layer;
+  // Hybrid with the same resident neurons: raise its budget until it keeps as many.
+  EngineOptions hybrid_options = options("hybrid");
+  const MemoryPlan roomy = plan_engine_memory(*model, hybrid_options);
+  const uint64_t per_neuron = roomy.ffn_bytes / model->config.d_ff;
+  hybrid_options.mem_budget =
+      std::to_string(roomy.fixed_bytes() + per_neuron * resident + per_neuron / 2);
+  Engine hybrid(*model, hybrid_options);
+  ASSERT_EQ(hybrid.plan()->resident_neurons_per_layer, resident);
+
+  const std::span<const int32_t> context(kPrompt);
+  std::vector<float> drafts[2], full;
+  Engine* engines[2] = {&streamed, &hybrid};
+  for (int e = 0; e < 2; ++e) {
+    Transformer& tr = engines[e]->transformer();
+    tr.truncate(0);
+    tr.forward(context.first(context.size() - 1));
+    engines[e]->reset_stats();
+    const std::span<const float> guess = tr.forward_resident(context.last(1));
+    drafts[e].assign(guess.begin(), guess.end());
+    EXPECT_EQ(engines[e]->flash_stats()->bytes_read, 0u) << e;
+    tr.truncate(static_cast<int>(context.size()) - 1);
+    const std::span<const float> real = tr.forward(context.last(1));
+    if (e == 0) full.assign(real.begin(), real.end());
+  }
+  float drafts_apart = 0, from_full = 0;
+  for (size_t i = 0; i < full.size(); ++i) {
+    drafts_apart = std::max(drafts_apart, std::abs(drafts[0][i] - drafts[1][i]));
+    from_full = std::max(from_full, std::abs(drafts[0][i] - full[i]));
+  }
+  EXPECT_LT(drafts_apart, 1e-4f);
+  EXPECT_GT(from_full, 1e-3f);  // the other neurons were left out
+
+  // A draft leaves n_past where it was, and the next pass gives what it gives without one.
+  Transformer& tr = streamed.transformer();
+  tr.truncate(0);
+  tr.forward(context);
+  std::vector<int32_t> with_next(kPrompt.begin(), kPrompt.end());
+  with_next.push_back(77);
+  SelfDrafter self(tr, 0.0f);
+  EXPECT_EQ(self.draft(with_next, 5).size(), 5u);
+  EXPECT_EQ(tr.n_past(), static_cast<int>(kPrompt.size()));
+  const std::span<const float> after = tr.forward(std::span(with_next).last(1));
+  const std::vector<float> after_draft(after.begin(), after.end());
+  tr.truncate(static_cast<int>(kPrompt.size()));
+  const std::span<const float> again = tr.forward(std::span(with_next).last(1));
+  EXPECT_TRUE(std::equal(again.begin(), again.end(), after_draft.begin()));
+  // p_min 1: never sure enough to draft.
+  tr.truncate(static_cast<int>(kPrompt.size()));
+  EXPECT_TRUE(SelfDrafter(tr, 1.0f).draft(with_next, 5).empty());
+}
+
+TEST(SelfDrafter, RefusedWhereTheFfnIsAllOrNothingInDram) {
+  const Converted m = converted("self-draft-refused");
+  auto gguf = Model::load(m.gguf);
+  auto flm = Model::load(m.flm);
+  const auto refused = [](Engine& engine, const std::string& says) {
+    try {
+      SelfDrafter self(engine.transformer(), 0.0f);
+      ADD_FAILURE() << "a self draft was built where it should be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  Engine dense(*gguf, options("dense"));
+  refused(dense, "every FFN neuron is in DRAM");
+  for (const std::string mode : {"naive", "mmap"}) {
+    Engine engine(*flm, options(mode, half_the_ffn(*flm, "hybrid")));
+    refused(engine, "keeps none");
+  }
+  {
+    Engine starved(
+        *flm, options("sparse",
+                      std::to_string(plan_engine_memory(*flm, options("sparse")).fixed_bytes())));
+    EXPECT_EQ(starved.plan()->resident_neurons_per_layer, 0);
+    refused(starved, "keeps none");
+  }
+}
+
+}  // namespace
+}  // namespace flashlm
