@@ -116,6 +116,11 @@ TEST(SelfDrafter, DraftPassesReadNothingAndLeaveTheCache) {
     const std::span<const float> guess = tr.forward_resident(context.last(1));
     drafts[e].assign(guess.begin(), guess.end());
     EXPECT_EQ(engines[e]->flash_stats()->bytes_read, 0u) << e;
+    // A cut vocabulary: the same logits for the first ids, and only those.
+    tr.truncate(static_cast<int>(context.size()) - 1);
+    const std::span<const float> cut = tr.forward_resident(context.last(1), 100);
+    ASSERT_EQ(cut.size(), 100u);
+    EXPECT_TRUE(std::equal(cut.begin(), cut.end(), drafts[e].begin())) << e;
     tr.truncate(static_cast<int>(context.size()) - 1);
     const std::span<const float> real = tr.forward(context.last(1));
     if (e == 0) full.assign(real.begin(), real.end());
@@ -142,8 +147,11 @@ TEST(SelfDrafter, DraftPassesReadNothingAndLeaveTheCache) {
   tr.truncate(static_cast<int>(kPrompt.size()));
   const std::span<const float> again = tr.forward(std::span(with_next).last(1));
   EXPECT_TRUE(std::equal(again.begin(), again.end(), after_draft.begin()));
-  // p_min 1: never sure enough to draft.
+  // A draft vocabulary of the first 60 ids proposes none beyond them.
   tr.truncate(static_cast<int>(kPrompt.size()));
+  for (int32_t token : SelfDrafter(tr, 0.0f, 60).draft(with_next, 8)) EXPECT_LT(token, 60);
+  EXPECT_EQ(tr.n_past(), static_cast<int>(kPrompt.size()));
+  // p_min 1: never sure enough to draft.
   EXPECT_TRUE(SelfDrafter(tr, 1.0f).draft(with_next, 5).empty());
 }
 

@@ -135,6 +135,12 @@ void CommonOptions::add_draft(CLI::App& cmd) {
                  "probability below this")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  cmd.add_option("--draft-vocab", draft_vocab,
+                 "--draft self: draft only the token ids below N, whose rows of the output head "
+                 "alone are computed in a draft (BPE vocabularies put the most frequent tokens "
+                 "first; the head is most of a draft's arithmetic); 0 = all")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 }
 
 std::string CommonOptions::draft_model_path() const {
@@ -155,7 +161,9 @@ std::unique_ptr<Model> CommonOptions::load_draft_model(const Model& target) cons
 
 std::unique_ptr<Drafter> CommonOptions::build_drafter(Engine& target,
                                                       std::unique_ptr<Model> draft_loaded) const {
-  if (draft == "self") return std::make_unique<SelfDrafter>(target.transformer(), draft_p_min);
+  if (draft == "self") {
+    return std::make_unique<SelfDrafter>(target.transformer(), draft_p_min, draft_vocab);
+  }
   if (!draft_loaded) return make_drafter(draft);
   return std::make_unique<ModelDrafter>(std::move(draft_loaded), target.model(), target.pool(),
                                         draft_transformer_options(engine_options()), draft_p_min);

@@ -92,7 +92,7 @@ std::span<const float> Transformer::forward_hidden(std::span<const int32_t> toke
     fail("forward_hidden() takes at most the batch size ({}) tokens at once, not {}",
          options_.max_batch, tokens.size());
   }
-  forward_own(tokens, false, true, false);
+  forward_own(tokens, false, {.hidden_only = true});
   return {xn_.data(), tokens.size() * static_cast<size_t>(config_.d_model)};
 }
 
@@ -108,29 +108,31 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
   }
   for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
     const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
-    forward_own(tokens.subspan(start, n), all_logits, false, false);
+    forward_own(tokens.subspan(start, n), all_logits, {});
   }
   const size_t vocab = config_.vocab_size;
   if (all_logits) return {logits_.data(), tokens.size() * vocab};
   return {logits_.data(), vocab};
 }
 
-std::span<const float> Transformer::forward_resident(std::span<const int32_t> tokens) {
+std::span<const float> Transformer::forward_resident(std::span<const int32_t> tokens,
+                                                     int64_t vocab_rows) {
   check_tokens(cache_, tokens);
+  const Pass pass{.resident_only = true, .vocab_rows = vocab_rows};
   for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
     const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
-    forward_own(tokens.subspan(start, n), false, false, true);
+    forward_own(tokens.subspan(start, n), false, pass);
   }
-  return {logits_.data(), static_cast<size_t>(config_.vocab_size)};
+  return {logits_.data(), static_cast<size_t>(last_vocab_rows_)};
 }
 
 void Transformer::forward_own(std::span<const int32_t> tokens, bool all_logits,
-                              bool hidden_only, bool resident_only) {
+                              const Pass& pass) {
   const SequenceStep step{&cache_, tokens};
   const int64_t n = gather({&step, 1});
   logit_rows_.clear();
   for (int64_t i = all_logits ? 0 : n - 1; i < n; ++i) logit_rows_.push_back(i);
-  forward_batch(n, logit_rows_, hidden_only, resident_only);
+  forward_batch(n, logit_rows_, pass);
 }
 
 std::span<const float> Transformer::forward(std::span<const SequenceStep> steps) {
@@ -167,7 +169,7 @@ std::span<const float> Transformer::forward(std::span<const SequenceStep> steps)
     end += static_cast<int64_t>(step.tokens.size());
     logit_rows_.push_back(end - 1);
   }
-  forward_batch(n, logit_rows_);
+  forward_batch(n, logit_rows_, Pass{});
   return {logits_.data(), steps.size() * static_cast<size_t>(config_.vocab_size)};
 }
 
@@ -184,11 +186,11 @@ int64_t Transformer::gather(std::span<const SequenceStep> steps) {
 }
 
 void Transformer::forward_batch(int64_t n, std::span<const int64_t> logit_rows,
-                                bool hidden_only, bool resident_only) {
+                                const Pass& pass) {
   const ModelConfig& c = config_;
   const int64_t d = c.d_model;
   const std::span<const int32_t> tokens(tokens_.data(), static_cast<size_t>(n));
-  FfnStep step{.pass = ++passes_, .n_tokens = n, .sequences = 1, .resident_only = resident_only};
+  FfnStep step{.pass = ++passes_, .n_tokens = n, .sequences = 1, .resident_only = pass.resident_only};
   for (int64_t i = 1; i < n; ++i) step.sequences += token_cache_[i] != token_cache_[i - 1];
 
   // x = embedding of each token (scaled by sqrt(d_model) in Gemma).
@@ -215,7 +217,7 @@ void Transformer::forward_batch(int64_t n, std::span<const int64_t> logit_rows,
   }
 
   for (int64_t i = 0; i < n; ++i) token_cache_[i]->extend(1);
-  if (hidden_only) {
+  if (pass.hidden_only) {
     rms_norm(x_.data(), weights_.output_norm.data, xn_.data(), n, d, c.rms_eps);
     return;
   }
@@ -225,9 +227,17 @@ void Transformer::forward_batch(int64_t n, std::span<const int64_t> logit_rows,
     rms_norm(x_.data() + logit_rows[r] * d, weights_.output_norm.data, xn_.data() + r * d, 1, d,
              c.rms_eps);
   }
-  if (!options_.weight_stream || !options_.weight_stream->output(xn_.data(), rows, logits_.data())) {
-    linear(weights_.output, xn_.data(), rows, logits_.data(), pool_);
+  last_vocab_rows_ = c.vocab_size;
+  if (options_.weight_stream && options_.weight_stream->output(xn_.data(), rows, logits_.data())) {
+    return;
   }
+  Matrix head = weights_.output;
+  if (pass.vocab_rows > 0 && pass.vocab_rows < head.rows) {
+    // The first rows alone (a draft's vocabulary): one row of logits, vocab_rows long.
+    if (rows != 1) fail("internal error: a pass of {} logit rows with a cut vocabulary", rows);
+    head.rows = last_vocab_rows_ = pass.vocab_rows;
+  }
+  linear(head, xn_.data(), rows, logits_.data(), pool_);
 }
 
 // Grouped-query attention for the n gathered tokens of one layer, each at its position in its

@@ -81,8 +81,12 @@ class Transformer {
   // As forward(tokens) (the logits of the last token), with the FFN computing only what it
   // holds in DRAM (FfnStep::resident_only): on flash a pass that reads nothing, whose logits
   // guess forward()'s, so that the model can draft for itself (speculative/self_drafter.h).
-  // The KV entries it appends are the guess's too: truncate them before a real pass.
-  std::span<const float> forward_resident(std::span<const int32_t> tokens);
+  // The KV entries it appends are the guess's too: truncate them before a real pass. With
+  // vocab_rows > 0 the output head computes only the logits of token ids below it (a draft's
+  // vocabulary: BPE vocabularies put their most frequent tokens first), and the span holds
+  // that many; a head that streams from flash computes them all.
+  std::span<const float> forward_resident(std::span<const int32_t> tokens,
+                                          int64_t vocab_rows = 0);
   // As forward(), without the output head: the final normalized hidden states of every token
   // (tokens.size() x d_model, at most max_batch tokens), for a loss that applies the head in
   // tiles of the vocabulary (loss/cross_entropy.h). Valid until the next call.
@@ -120,13 +124,17 @@ class Transformer {
   int64_t gather(std::span<const SequenceStep> steps);
   // The layers over the n gathered tokens; then the output head over the rows `logit_rows`
   // (token indices), unless `hidden_only`. Every cache advances by its tokens.
-  // With `resident_only` the FFN computes only what it holds in DRAM (forward_resident).
-  void forward_batch(int64_t n, std::span<const int64_t> logit_rows, bool hidden_only = false,
-                     bool resident_only = false);
+  // What kind of pass: the hidden states only (no head), the FFN's resident part only
+  // (forward_resident), the head's first vocab_rows rows only (0: all).
+  struct Pass {
+    bool hidden_only = false;
+    bool resident_only = false;
+    int64_t vocab_rows = 0;
+  };
+  void forward_batch(int64_t n, std::span<const int64_t> logit_rows, const Pass& pass);
   void attention(int layer, const LayerWeights& w, int64_t n_tokens);
   // The single-sequence pass over `tokens` on the transformer's own cache.
-  void forward_own(std::span<const int32_t> tokens, bool all_logits, bool hidden_only,
-                   bool resident_only);
+  void forward_own(std::span<const int32_t> tokens, bool all_logits, const Pass& pass);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
@@ -137,6 +145,7 @@ class Transformer {
   TransformerOptions options_;
   KvCache cache_;
   uint64_t passes_ = 0;  // forward passes so far: the FFN's clock (FfnStep::pass)
+  int64_t last_vocab_rows_ = 0;  // logits per row of the last pass
 
   // The pass being computed: token i is tokens_[i] of the sequence whose cache is
   // token_cache_[i], at position token_pos_[i].

@@ -26,7 +26,8 @@ std::string self_draft_refusal(const Transformer& target) {
   return {};
 }
 
-SelfDrafter::SelfDrafter(Transformer& target, float p_min) : target_(target), p_min_(p_min) {
+SelfDrafter::SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows)
+    : target_(target), p_min_(p_min), vocab_rows_(vocab_rows) {
   if (const std::string why = self_draft_refusal(target); !why.empty()) fail("{}", why);
 }
 
@@ -38,13 +39,13 @@ std::vector<int32_t> SelfDrafter::draft(std::span<const int32_t> context, int ma
   if (max_tokens <= 0) return out;
   try {
     // The unfed tail of the context (one token in generate()), then each draft in turn.
-    std::span<const float> logits = target_.forward_resident(context.subspan(base));
+    std::span<const float> logits = target_.forward_resident(context.subspan(base), vocab_rows_);
     for (;;) {
       const TopToken top = top_token(logits);
       if (top.probability < p_min_) break;
       out.push_back(top.token);
       if (static_cast<int>(out.size()) == max_tokens) break;
-      logits = target_.forward_resident(std::span(&top.token, 1));
+      logits = target_.forward_resident(std::span(&top.token, 1), vocab_rows_);
     }
   } catch (...) {
     target_.truncate(base);

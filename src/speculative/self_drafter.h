@@ -19,7 +19,9 @@ class SelfDrafter : public Drafter {
   // `target` is the transformer generate() verifies with; its FFN must hold part, not all and
   // not none, of its neurons in DRAM (FeedForward::resident_share() strictly between 0 and 1),
   // else this throws saying which modes can draft for themselves.
-  SelfDrafter(Transformer& target, float p_min);
+  // With vocab_rows > 0 the drafts compute the output head's first vocab_rows rows only, and
+  // draft only those token ids (--draft-vocab): the head is most of a draft pass's arithmetic.
+  SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows = 0);
 
   // `context` continues what the target's KV cache holds (generate() calls it with the
   // verified tokens in the cache and the last sampled one not yet fed).
@@ -29,6 +31,7 @@ class SelfDrafter : public Drafter {
  private:
   Transformer& target_;
   float p_min_;
+  int64_t vocab_rows_;
 };
 
 // Why `target` cannot draft for itself (every neuron in DRAM, or none), or empty when it can.
