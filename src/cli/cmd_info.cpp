@@ -66,9 +66,10 @@ void info(const std::string& path, bool show_tensors, bool show_all_metadata) {
   if (FlashModelFile::is_flm(*file)) {
     try {
       const auto flm = FlashModelFile::from_gguf(*file);
-      std::printf("flash layout: %zu layers x %d bundles of %s; bundle region %s\n",
+      std::printf("flash layout: %zu layers x %d bundles of %s; bundle region %s; neurons in %s "
+                  "order\n",
                   flm->layers().size(), flm->d_ff(), flm->layout().describe().c_str(),
-                  mib(flm->bundle_region_bytes()).c_str());
+                  mib(flm->bundle_region_bytes()).c_str(), flm->neuron_order().c_str());
     } catch (const Error& e) {
       std::printf("flash layout: cannot read: %s\n", e.what());
     }

@@ -77,8 +77,9 @@ void recode_row(TensorType from, const uint8_t* src, TensorType to, uint8_t* dst
   quantize_row_reference(to, scratch.data(), dst, n);
 }
 
-// The bundles of one layer, neuron after neuron.
-std::vector<uint8_t> build_layer_bundles(const LayerWeights& w, const BundleLayout& b, int d_ff) {
+// The bundles of one layer: bundle j holds neuron order[j] (neuron j when order is empty).
+std::vector<uint8_t> build_layer_bundles(const LayerWeights& w, const BundleLayout& b, int d_ff,
+                                         const std::vector<int32_t>& order) {
   std::vector<uint8_t> out(static_cast<size_t>(d_ff) * b.stride, 0);
   std::vector<float> scratch;
   // The down projection is d_model x d_ff; its column i is gathered from the dequantized rows.
@@ -88,8 +89,9 @@ std::vector<uint8_t> build_layer_bundles(const LayerWeights& w, const BundleLayo
                              d_ff);
   }
   std::vector<float> column(b.d_model);
-  for (int i = 0; i < d_ff; ++i) {
-    uint8_t* bundle = out.data() + static_cast<size_t>(i) * b.stride;
+  for (int j = 0; j < d_ff; ++j) {
+    const int i = order.empty() ? j : order[j];
+    uint8_t* bundle = out.data() + static_cast<size_t>(j) * b.stride;
     if (b.gated) {
       recode_row(w.ffn_gate.type, w.ffn_gate.row(i), b.gate_type, bundle + b.gate_offset(),
                  b.d_model, scratch);
@@ -103,9 +105,12 @@ std::vector<uint8_t> build_layer_bundles(const LayerWeights& w, const BundleLayo
 }
 
 void add_manifest(GgufWriter& w, const BundleLayout& b, int d_ff,
-                  const std::vector<FlmLayer>& layers, uint64_t source_bytes) {
+                  const std::vector<FlmLayer>& layers, uint64_t source_bytes,
+                  const std::string& neuron_order) {
   w.add_uint32("flashlm.format_version", kFlmFormatVersion);
   w.add_uint64("flashlm.source.file_bytes", source_bytes);
+  // Absent for the natural order, so such files stay byte for byte what older versions wrote.
+  if (!neuron_order.empty()) w.add_string("flashlm.neuron_order", neuron_order);
   w.add_uint32("flashlm.d_ff", static_cast<uint32_t>(d_ff));
   w.add_bool("flashlm.bundle.gated", b.gated);
   w.add_uint32("flashlm.bundle.gate_type", static_cast<uint32_t>(b.gate_type));
@@ -187,6 +192,36 @@ void check_down_type(TensorType type, int d_model) {
       lower_name(type), block, d_model, block, join_names(fitting));
 }
 
+void check_neuron_order(const std::vector<std::vector<int32_t>>& order, int n_layers, int d_ff) {
+  if (order.empty()) return;
+  if (order.size() != static_cast<size_t>(n_layers)) {
+    fail("the neuron order has {} layers; the model has {}", order.size(), n_layers);
+  }
+  std::vector<char> seen;
+  for (int l = 0; l < n_layers; ++l) {
+    const std::vector<int32_t>& o = order[l];
+    if (o.size() != static_cast<size_t>(d_ff)) {
+      fail("the neuron order of layer {} has {} entries; it must be a permutation of the "
+           "layer's {} neurons",
+           l, o.size(), d_ff);
+    }
+    seen.assign(d_ff, 0);
+    for (int j = 0; j < d_ff; ++j) {
+      if (o[j] < 0 || o[j] >= d_ff) {
+        fail("the neuron order of layer {} is not a permutation: bundle {} names neuron {}, "
+             "outside 0..{}",
+             l, j, o[j], d_ff - 1);
+      }
+      if (seen[o[j]]) {
+        fail("the neuron order of layer {} is not a permutation: neuron {} appears twice (again "
+             "at bundle {})",
+             l, o[j], j);
+      }
+      seen[o[j]] = 1;
+    }
+  }
+}
+
 BundleType parse_bundle_type(const std::string& name) {
   if (name == "source") return BundleType::Source;
   if (name == "q8_0") return BundleType::Q8_0;
@@ -204,6 +239,11 @@ void convert_to_flm(const std::string& input, const std::string& output,
   if (FlashModelFile::is_flm(*gguf)) fail("'{}' is already a .flm file", input);
   const ModelConfig config = ModelConfig::from_gguf(*gguf);
   const ModelWeights weights = ModelWeights::from_gguf(*gguf, config);
+  check_neuron_order(options.neuron_order, config.n_layers, config.d_ff);
+  if (!options.neuron_order.empty() && options.neuron_order_name.empty()) {
+    fail("a neuron order needs a name to record in the file (ConvertOptions::neuron_order_name)");
+  }
+  const std::string order_name = options.neuron_order.empty() ? "" : options.neuron_order_name;
 
   const LayerWeights& first = weights.layers[0];
   TensorType gate = first.ffn_gate.type, up = first.ffn_up.type, down = TensorType::Q8_0;
@@ -227,7 +267,7 @@ void convert_to_flm(const std::string& input, const std::string& output,
     for (const auto& [key, value] : gguf->metadata()) {
       if (key != "general.alignment") w.add_value(key, value);
     }
-    add_manifest(w, layout, config.d_ff, layers, gguf->file_size());
+    add_manifest(w, layout, config.d_ff, layers, gguf->file_size(), order_name);
     for (const GgufTensor& t : gguf->tensors()) {
       if (!is_ffn_tensor(t.name)) w.add_tensor_view(t.name, t.type, t.dims, gguf->tensor_data(t));
     }
@@ -248,8 +288,10 @@ void convert_to_flm(const std::string& input, const std::string& output,
   try {
     OutputFile out(temp);
     for (int i = 0; i < config.n_layers; ++i) {
-      const std::vector<uint8_t> bundles = build_layer_bundles(weights.layers[i], layout,
-                                                               config.d_ff);
+      static const std::vector<int32_t> natural;
+      const std::vector<uint8_t> bundles = build_layer_bundles(
+          weights.layers[i], layout, config.d_ff,
+          options.neuron_order.empty() ? natural : options.neuron_order[i]);
       layers[i].checksum = crc32c(bundles.data(), bundles.size());
       out.write_at(layers[i].offset, bundles.data(), bundles.size());
       if (options.progress) options.progress(i + 1, config.n_layers);
@@ -310,6 +352,7 @@ std::unique_ptr<FlashModelFile> FlashModelFile::from_gguf(const GgufFile& g) {
   };
   f->d_ff_ = static_cast<int>(g.get_uint("flashlm.d_ff"));
   f->source_bytes_ = g.find_uint("flashlm.source.file_bytes").value_or(0);
+  f->neuron_order_ = g.find_string("flashlm.neuron_order").value_or("natural");
   if (f->d_ff_ != config.d_ff) fail("{}: flashlm.d_ff disagrees with the model's", path);
   const bool gated = g.get_bool("flashlm.bundle.gated");
   f->layout_ = BundleLayout::make(config.d_model, gated,
@@ -355,32 +398,32 @@ void FlashModelFile::check_layer(int layer, const uint8_t* data) const {
   }
 }
 
-void FlashModelFile::verify(const std::function<void(int, int)>& progress) const {
-  std::vector<uint8_t> buffer;
+std::vector<uint8_t> FlashModelFile::read_layer(int layer) const {
+  const FlmLayer& l = layers_.at(static_cast<size_t>(layer));
+  std::vector<uint8_t> buffer(l.bytes);
   const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail("cannot open '{}': {}", path_, std::strerror(errno));
-  try {
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      buffer.resize(layers_[i].bytes);
-      size_t done = 0;
-      while (done < buffer.size()) {
-        const ssize_t n = ::pread(fd, buffer.data() + done, buffer.size() - done,
-                                  static_cast<off_t>(layers_[i].offset + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          fail("{}: cannot read layer {} at offset {}: {}", path_, i, layers_[i].offset + done,
-               n < 0 ? std::strerror(errno) : "unexpected end of file");
-        }
-        done += static_cast<size_t>(n);
-      }
-      check_layer(static_cast<int>(i), buffer.data());
-      if (progress) progress(static_cast<int>(i) + 1, static_cast<int>(layers_.size()));
+  size_t done = 0;
+  while (done < buffer.size()) {
+    const ssize_t n = ::pread(fd, buffer.data() + done, buffer.size() - done,
+                              static_cast<off_t>(l.offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = n < 0 ? std::strerror(errno) : "unexpected end of file";
+      ::close(fd);
+      fail("{}: cannot read layer {} at offset {}: {}", path_, layer, l.offset + done, why);
     }
-  } catch (...) {
-    ::close(fd);
-    throw;
+    done += static_cast<size_t>(n);
   }
   ::close(fd);
+  return buffer;
+}
+
+void FlashModelFile::verify(const std::function<void(int, int)>& progress) const {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    check_layer(static_cast<int>(i), read_layer(static_cast<int>(i)).data());
+    if (progress) progress(static_cast<int>(i) + 1, static_cast<int>(layers_.size()));
+  }
 }
 
 }  // namespace flashlm

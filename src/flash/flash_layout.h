@@ -75,8 +75,20 @@ struct ConvertOptions {
   // bundle type: it trades the bytes read per token against the down projection's precision.
   std::optional<TensorType> down_type;
   bool force = false;  // overwrite an existing output
+  // The order of each layer's neurons in the bundle region: neuron_order[l][j] is the source
+  // neuron stored as bundle j of layer l, one permutation of 0..d_ff-1 per layer; empty: the
+  // natural order. The FFN's output is a sum over neurons, so any order computes the same
+  // model (up to float summation order); the order only decides which neurons come first, and
+  // the engine keeps each layer's first bundles resident (see `convert --neuron-order`).
+  std::vector<std::vector<int32_t>> neuron_order;
+  // What the file records as flashlm.neuron_order when neuron_order is set ("importance").
+  std::string neuron_order_name = "custom";
   std::function<void(int layer, int n_layers)> progress;
 };
+
+// Throws, naming the layer and the neuron, unless `order` is empty or holds n_layers
+// permutations of 0..d_ff-1.
+void check_neuron_order(const std::vector<std::vector<int32_t>>& order, int n_layers, int d_ff);
 
 // Writes `output` from the GGUF model `input`. The file is written under a temporary name and
 // renamed into place only when complete and synced, so an interrupted conversion never leaves
@@ -102,6 +114,12 @@ class FlashModelFile {
   // Size of the GGUF file this .flm was converted from (what a user calls the model's size and
   // what `--mem-budget N%` is a share of); 0 for files converted before it was recorded.
   uint64_t source_bytes() const { return source_bytes_; }
+  // How `convert` ordered each layer's neurons (flashlm.neuron_order): "natural" (bundle i is
+  // the GGUF's neuron i; also files converted before the key existed), "importance", ...
+  const std::string& neuron_order() const { return neuron_order_; }
+
+  // Reads one layer's bundles (layers()[layer].bytes bytes) with buffered reads.
+  std::vector<uint8_t> read_layer(int layer) const;
 
   // Reads every layer (buffered) and compares checksums; throws naming the first bad layer.
   void verify(const std::function<void(int, int)>& progress = nullptr) const;
@@ -116,6 +134,7 @@ class FlashModelFile {
   std::vector<FlmLayer> layers_;
   int d_ff_ = 0;
   uint64_t source_bytes_ = 0;
+  std::string neuron_order_ = "natural";
 };
 
 }  // namespace flashlm

@@ -1,6 +1,8 @@
 #include "sparse/calibrate.h"
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <optional>
 
 #include "common/error.h"
@@ -11,6 +13,7 @@
 #include "flash/memory_plan.h"
 #include "flash/streamed_weights.h"
 #include "model/transformer.h"
+#include "quant/reference.h"
 
 namespace flashlm {
 namespace {
@@ -36,6 +39,22 @@ class ObservedFeedForward : public FeedForward {
   std::vector<float> activations_;
   const ActivationObserver& observe_;
 };
+
+// ||column i of W_down||_2 for every neuron i of `layer`, from the down part of its bundle.
+std::vector<double> down_column_norms(const FlashModelFile& flm, int layer) {
+  const BundleLayout& b = flm.layout();
+  const std::vector<uint8_t> bundles = flm.read_layer(layer);
+  std::vector<double> norms(flm.d_ff());
+  std::vector<float> column(b.d_model);
+  for (int i = 0; i < flm.d_ff(); ++i) {
+    dequantize_row_reference(b.down_type, bundles.data() + size_t(i) * b.stride + b.down_offset(),
+                             column.data(), b.d_model);
+    double sum = 0;
+    for (float v : column) sum += double{v} * v;
+    norms[i] = std::sqrt(sum);
+  }
+  return norms;
+}
 
 }  // namespace
 
@@ -94,6 +113,54 @@ uint64_t calibration_sample_bytes(const ModelConfig& c, const CalibrationOptions
   const uint64_t per_layer = std::min<uint64_t>(
       options.samples_per_layer, static_cast<uint64_t>(options.max_tokens) * c.d_ff);
   return static_cast<uint64_t>(c.n_layers) * per_layer * sizeof(float);
+}
+
+double NeuronImportance::share_of_first(double fraction) const {
+  double first = 0, all = 0;
+  for (size_t l = 0; l < order.size(); ++l) {
+    const auto n = static_cast<size_t>(std::llround(fraction * static_cast<double>(order[l].size())));
+    for (size_t j = 0; j < order[l].size(); ++j) {
+      const double v = importance[l][static_cast<size_t>(order[l][j])];
+      all += v;
+      if (j < n) first += v;
+    }
+  }
+  return all > 0 ? first / all : 0;
+}
+
+NeuronImportance rank_neurons_by_importance(const Model& model, std::string_view text,
+                                            const CalibrationOptions& options,
+                                            const std::function<void(int, int)>& progress) {
+  if (!model.flash) {
+    fail("ranking neurons runs on the flash layout; convert the model first: flashlm convert -m "
+         "{} -o MODEL.flm",
+         model.file->path());
+  }
+  const int layers = model.config.n_layers, d_ff = model.config.d_ff;
+  NeuronImportance r;
+  r.importance.assign(layers, std::vector<double>(d_ff, 0.0));
+  r.tokens = run_calibration_text(
+      model, text, options,
+      [&](int layer, const float*, const float* activations) {
+        std::vector<double>& sum = r.importance[layer];
+        for (int i = 0; i < d_ff; ++i) sum[i] += std::abs(double{activations[i]});
+      },
+      progress);
+  r.order.resize(layers);
+  for (int l = 0; l < layers; ++l) {
+    const std::vector<double> norms = down_column_norms(*model.flash, l);
+    for (int i = 0; i < d_ff; ++i) {
+      r.importance[l][i] = r.importance[l][i] / static_cast<double>(r.tokens) * norms[i];
+    }
+    std::vector<int32_t>& order = r.order[l];
+    order.resize(d_ff);
+    std::iota(order.begin(), order.end(), 0);
+    const std::vector<double>& imp = r.importance[l];
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+      return imp[a] != imp[b] ? imp[a] > imp[b] : a < b;
+    });
+  }
+  return r;
 }
 
 SparsityProfile calibrate_thresholds(const Model& model, std::string_view text,
