@@ -29,7 +29,7 @@ struct CommonOptions {
   std::string draft_model;
   int draft_max = 8;
   float draft_p_min = 0.75f;
-  int draft_vocab = 0;  // --draft self: the token ids below this are drafted (0: all)
+  int draft_vocab = 32768;  // --draft self: the token ids below this are drafted (0: all)
   void add_draft(CLI::App& cmd);
   // The draft model's file (-md, or --draft given a file); empty when none is given.
   std::string draft_model_path() const;
