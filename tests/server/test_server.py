@@ -4,6 +4,7 @@ import http.client
 import json
 import re
 import signal
+import subprocess
 import threading
 import time
 from urllib.parse import urlparse
@@ -12,7 +13,7 @@ import openai
 import pytest
 import requests
 
-from conftest import CONTEXT, MAX_BODY, MODEL, MODEL_ID, REPO
+from conftest import BINARY, CONTEXT, MAX_BODY, MODEL, MODEL_ID, REPO
 
 CHAT = [{"role": "user", "content": "Name three colors."}]
 # A prompt the model continues at length, for tests that cut a generation short.
@@ -334,12 +335,9 @@ def test_sigterm_during_a_long_prompt_stops_within_a_second(make_server):
     assert "stopped" in s.log_text()
 
 
-@pytest.mark.parametrize("draft", [["--draft", "ngram"], ["-md", str(MODEL)]])
-def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_server, draft):
-    """`serve --draft ngram` and `serve -md MODEL` (the model drafting for itself): the same
-    completions as the plain server, greedy and seeded, the second turn of a chat reusing the
-    cache (the draft model's cache follows it)."""
-    drafted = make_server(*draft)
+def assert_same_answers(server, drafted):
+    """Greedy and seeded completions and a chat of two turns (the second reusing the cache):
+    the same from both servers."""
     for body in ({"prompt": COUNTING, "max_tokens": 40, "temperature": 0},
                  {"prompt": COUNTING, "max_tokens": 40, "temperature": 0.8, "seed": 7},
                  {"messages": [{"role": "user", "content": "Repeat: red, green, blue, red, "
@@ -360,6 +358,26 @@ def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_ser
                                        {"role": "user", "content": "Once more, please."}]
             again = {"messages": turn, "max_tokens": 24, "temperature": 0}
             assert pick(post(server, path, again)) == pick(post(drafted, path, again))
+
+
+@pytest.mark.parametrize("draft", [["--draft", "ngram"], ["-md", str(MODEL)]])
+def test_speculative_decoding_serves_what_plain_decoding_serves(server, make_server, draft):
+    """`serve --draft ngram` and `serve -md MODEL` (the model drafting for itself): the same
+    completions as the plain server, greedy and seeded, the second turn of a chat reusing the
+    cache (the draft model's cache follows it)."""
+    assert_same_answers(server, make_server(*draft))
+
+
+def test_self_drafts_serve_what_plain_decoding_serves(make_server, tmp_path):
+    """`serve --draft self` on a .flm under a budget (hybrid: part of the FFN resident): the
+    same answers as the plain server with the same model and budget."""
+    flm = tmp_path / "smollm2.flm"
+    subprocess.run([str(BINARY), "convert", "-m", str(MODEL), "-o", str(flm)], check=True,
+                   capture_output=True, timeout=300)
+    budget = ["--mem-budget", "110M", "--mode", "hybrid"]
+    plain = make_server(*budget, model=flm)
+    drafted = make_server(*budget, "--draft", "self", "--draft-p-min", "0", model=flm)
+    assert_same_answers(plain, drafted)
 
 
 def test_parallel_requests_get_what_each_gets_alone(server, make_server):
