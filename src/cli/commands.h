@@ -28,7 +28,9 @@ struct CommonOptions {
   std::string draft = "none";
   std::string draft_model;
   int draft_max = 8;
-  float draft_p_min = 0.75f;
+  // Below 0 (not given): 0.75 for a draft model (llama.cpp's default), 0 for self, whose
+  // probabilities from a fraction of the FFN understate how often its top token is right.
+  float draft_p_min = -1.0f;
   int draft_vocab = 32768;  // --draft self: the token ids below this are drafted (0: all)
   void add_draft(CLI::App& cmd);
   // The draft model's file (-md, or --draft given a file); empty when none is given.

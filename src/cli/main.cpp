@@ -132,9 +132,8 @@ void CommonOptions::add_draft(CLI::App& cmd) {
       ->capture_default_str();
   cmd.add_option("--draft-p-min", draft_p_min,
                  "Draft model or self: stop drafting when the most likely next token has a "
-                 "probability below this")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
+                 "probability below this (default 0.75 for a draft model, 0 for self)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd.add_option("--draft-vocab", draft_vocab,
                  "--draft self: draft only the token ids below N, whose rows of the output head "
                  "alone are computed in a draft (BPE vocabularies put the most frequent tokens "
@@ -162,11 +161,13 @@ std::unique_ptr<Model> CommonOptions::load_draft_model(const Model& target) cons
 std::unique_ptr<Drafter> CommonOptions::build_drafter(Engine& target,
                                                       std::unique_ptr<Model> draft_loaded) const {
   if (draft == "self") {
-    return std::make_unique<SelfDrafter>(target.transformer(), draft_p_min, draft_vocab);
+    return std::make_unique<SelfDrafter>(target.transformer(),
+                                         draft_p_min >= 0 ? draft_p_min : 0.0f, draft_vocab);
   }
   if (!draft_loaded) return make_drafter(draft);
   return std::make_unique<ModelDrafter>(std::move(draft_loaded), target.model(), target.pool(),
-                                        draft_transformer_options(engine_options()), draft_p_min);
+                                        draft_transformer_options(engine_options()),
+                                        draft_p_min >= 0 ? draft_p_min : 0.75f);
 }
 
 void CommonOptions::add_lora(CLI::App& cmd) {
