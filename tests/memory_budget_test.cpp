@@ -21,15 +21,9 @@
 namespace flashlm {
 namespace {
 
-struct Converted {
-  std::string gguf, flm;
-};
-
-Converted converted(const std::string& name) {
-  Converted c{testing::temp_path(name + ".gguf"), testing::temp_path(name + ".flm")};
-  testing::write_tiny_model(c.gguf, {.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0});
-  convert_to_flm(c.gguf, c.flm, {.force = true});
-  return c;
+testing::TinyFlm converted(const std::string& name) {
+  return testing::write_tiny_flm(name,
+                                 {.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0});
 }
 
 EngineOptions options(const std::string& mode, const std::string& budget = "") {
@@ -55,7 +49,7 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 TEST(MemoryBudget, PlanCountsEveryPartAndItsTotal) {
-  const Converted m = converted("parts");
+  const testing::TinyFlm m = converted("parts");
   auto model = Model::load(m.flm);
   const MemoryPlan p = plan_engine_memory(*model, options("hybrid"));
   EXPECT_GT(p.working.process, 0u);
@@ -78,7 +72,7 @@ TEST(MemoryBudget, PlanCountsEveryPartAndItsTotal) {
 }
 
 TEST(MemoryBudget, EveryModeStaysInsideItsBudget) {
-  const Converted m = converted("inside");
+  const testing::TinyFlm m = converted("inside");
   auto model = Model::load(m.flm);
   for (const std::string mode : {"naive", "hybrid", "sparse"}) {
     const MemoryPlan roomy = plan_engine_memory(*model, options(mode));
@@ -92,7 +86,7 @@ TEST(MemoryBudget, EveryModeStaysInsideItsBudget) {
 }
 
 TEST(MemoryBudget, TooSmallABudgetIsRefusedWithEveryPartAndWhatToChange) {
-  const Converted m = converted("refused");
+  const testing::TinyFlm m = converted("refused");
   auto model = Model::load(m.flm);
   const MemoryPlan roomy = plan_engine_memory(*model, options("naive"));
   try {
@@ -110,7 +104,7 @@ TEST(MemoryBudget, TooSmallABudgetIsRefusedWithEveryPartAndWhatToChange) {
 }
 
 TEST(MemoryBudget, PercentIsOfTheSourceGguf) {
-  const Converted m = converted("percent");
+  const testing::TinyFlm m = converted("percent");
   auto model = Model::load(m.flm);
   const uint64_t gguf_bytes = std::filesystem::file_size(m.gguf);
   EXPECT_EQ(model->flash->source_bytes(), gguf_bytes);
@@ -124,7 +118,7 @@ TEST(MemoryBudget, PercentIsOfTheSourceGguf) {
 }
 
 TEST(MemoryBudget, AutoRunsDenseWhenItFitsElseStreamedSparse) {
-  const Converted m = converted("auto");
+  const testing::TinyFlm m = converted("auto");
   auto model = Model::load(m.flm);
   const MemoryPlan unbounded = plan_engine_memory(*model, options("auto"));
   EXPECT_EQ(unbounded.mode, FfnMode::Dense);
@@ -142,7 +136,7 @@ TEST(MemoryBudget, AutoRunsDenseWhenItFitsElseStreamedSparse) {
 // The default fast path: streamed sparse reads at --sparsity 0 compute every neuron, need no
 // sparsity file at all, and give dense's logits under a budget that streams most of the FFN.
 TEST(MemoryBudget, StreamedAtSparsityZeroIsLosslessWithoutCalibration) {
-  const Converted m = converted("lossless");
+  const testing::TinyFlm m = converted("lossless");
   auto model = Model::load(m.flm);
   ASSERT_FALSE(std::filesystem::exists(m.flm + ".sparse"));
   const auto dense = logits_of(*model, options("dense"));
@@ -165,7 +159,7 @@ TEST(MemoryBudget, StreamedAtSparsityZeroIsLosslessWithoutCalibration) {
 
 // calibrate under a budget streams the FFN (hybrid) and finds the same thresholds.
 TEST(MemoryBudget, CalibrationUnderABudgetFindsTheSameThresholds) {
-  const Converted m = converted("calibrate");
+  const testing::TinyFlm m = converted("calibrate");
   auto model = Model::load(m.flm);
   std::string text;
   for (int i = 0; i < 20; ++i) text += "the quick brown fox jumps over the lazy dog. ";
@@ -201,7 +195,7 @@ class StreamedWeightsTest : public ::testing::TestWithParam<bool> {
     convert_to_flm(m_.gguf, m_.flm, {.force = true});
     model_ = Model::load(m_.flm);
   }
-  Converted m_;
+  testing::TinyFlm m_;
   std::unique_ptr<Model> model_;
 };
 

@@ -11,28 +11,14 @@
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "flash/flash_layout.h"
+#include "support/generation.h"
 #include "support/test_model.h"
 
 namespace flashlm {
 namespace {
 
-struct Generated {
-  std::vector<int32_t> tokens;
-  GenerationStats stats;
-};
-
-Generated generate_with(Engine& engine, std::span<const int32_t> prompt, int n,
-                        SamplingParams sampling, Drafter* drafter) {
-  Transformer& tr = engine.transformer();
-  tr.truncate(0);
-  Sampler sampler(sampling);
-  Generated r;
-  r.stats = generate(
-      tr, sampler, engine.model().tokenizer, prompt, n,
-      [&](int32_t t) { return r.tokens.push_back(t), true; }, {},
-      {.drafter = drafter, .max_tokens = 6, .stop_at_end_of_generation = false});
-  return r;
-}
+using testing::generate_tokens;
+using testing::Generated;
 
 EngineOptions options(const std::string& mode = "dense", const std::string& budget = "",
                       int context = 128) {
@@ -62,11 +48,11 @@ TEST(ModelDrafter, GeneratedDraftEqualsPlainDecoding) {
        {testing::TinyModelSpec{.n_layers = 1, .d_ff = 64, .seed = 7},
         testing::TinyModelSpec{.weight_type = TensorType::Q8_0}}) {
     for (const SamplingParams& sampling : kSamplings) {
-      const Generated plain = generate_with(engine, prompt, 50, sampling, nullptr);
+      const Generated plain = generate_tokens(engine, prompt, 50, sampling, nullptr);
       ModelDrafter drafter(tiny("draft-" + std::to_string(draft_spec.seed) + ".gguf", draft_spec),
                            *target, engine.pool(),
                            draft_transformer_options(o), /*p_min=*/0.0f);
-      const Generated spec = generate_with(engine, prompt, 50, sampling, &drafter);
+      const Generated spec = generate_tokens(engine, prompt, 50, sampling, &drafter);
       EXPECT_EQ(spec.tokens, plain.tokens)
           << "draft seed " << draft_spec.seed << ", temperature " << sampling.temperature;
       EXPECT_GT(spec.stats.drafted_tokens, 0);
@@ -197,11 +183,11 @@ TEST(ModelDrafter, RealModelDenseAndStreamedSparseEqualPlainDecoding) {
     EXPECT_NE(engine.plan()->describe().find("draft model:"), std::string::npos);
     for (const SamplingParams sampling :
          {SamplingParams{.temperature = 0}, SamplingParams{.temperature = 0.8f, .seed = 5}}) {
-      const Generated plain = generate_with(engine, prompt, 32, sampling, nullptr);
+      const Generated plain = generate_tokens(engine, prompt, 32, sampling, nullptr);
       // p_min 0: SmolLM2 is rarely 75% sure of its next token, and every draft is wanted here.
       ModelDrafter drafter(Model::load(gguf), model, engine.pool(), draft_transformer_options(o),
                            0.0f);
-      const Generated spec = generate_with(engine, prompt, 32, sampling, &drafter);
+      const Generated spec = generate_tokens(engine, prompt, 32, sampling, &drafter);
       EXPECT_EQ(spec.tokens, plain.tokens) << (sparse ? "sparse" : "dense") << " temperature "
                                            << sampling.temperature;
       EXPECT_GT(spec.stats.accepted_tokens, 0);

@@ -14,20 +14,15 @@
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "flash/flash_layout.h"
+#include "support/generation.h"
 #include "support/test_model.h"
 
 namespace flashlm {
 namespace {
 
-struct Converted {
-  std::string gguf, flm;
-};
-
-Converted converted(const std::string& name) {
-  Converted c{testing::temp_path(name + ".gguf"), testing::temp_path(name + ".flm")};
-  testing::write_tiny_model(c.gguf, {.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0});
-  convert_to_flm(c.gguf, c.flm, {.force = true});
-  return c;
+testing::TinyFlm converted(const std::string& name) {
+  return testing::write_tiny_flm(name,
+                                 {.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0});
 }
 
 EngineOptions options(const std::string& mode, const std::string& budget = "") {
@@ -46,29 +41,13 @@ std::string half_the_ffn(const Model& model, const std::string& mode) {
   return std::to_string(roomy.fixed_bytes() + roomy.ffn_bytes / 2);
 }
 
-struct Generated {
-  std::vector<int32_t> tokens;
-  GenerationStats stats;
-  int n_past = 0;
-};
-
-Generated generate_with(Engine& engine, std::span<const int32_t> prompt, int n,
-                        SamplingParams sampling, Drafter* drafter) {
-  Transformer& tr = engine.transformer();
-  tr.truncate(0);
-  Sampler sampler(sampling);
-  Generated r;
-  r.stats = generate(tr, sampler, engine.model().tokenizer, prompt, n,
-                     [&](int32_t t) { return r.tokens.push_back(t), true; }, {},
-                     {.drafter = drafter, .max_tokens = 6, .stop_at_end_of_generation = false});
-  r.n_past = tr.n_past();
-  return r;
-}
+using testing::generate_tokens;
+using testing::Generated;
 
 const std::vector<int32_t> kPrompt = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114};
 
 TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
-  const Converted m = converted("self-draft");
+  const testing::TinyFlm m = converted("self-draft");
   auto model = Model::load(m.flm);
   for (const std::string mode : {"sparse", "hybrid"}) {
     Engine engine(*model, options(mode, half_the_ffn(*model, mode)));
@@ -77,10 +56,10 @@ TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
     ASSERT_LT(resident, model->config.d_ff) << mode;
     for (const SamplingParams sampling :
          {SamplingParams{.temperature = 0}, SamplingParams{.temperature = 0.9f, .seed = 3}}) {
-      const Generated plain = generate_with(engine, kPrompt, 40, sampling, nullptr);
+      const Generated plain = generate_tokens(engine, kPrompt, 40, sampling, nullptr);
       SelfDrafter self(engine.transformer(), /*p_min=*/0.0f);
       EXPECT_EQ(self.name(), "self");
-      const Generated spec = generate_with(engine, kPrompt, 40, sampling, &self);
+      const Generated spec = generate_tokens(engine, kPrompt, 40, sampling, &self);
       EXPECT_EQ(spec.tokens, plain.tokens) << mode << " temperature " << sampling.temperature;
       EXPECT_EQ(spec.n_past, plain.n_past) << mode;
       EXPECT_GT(spec.stats.drafted_tokens, 0) << mode;
@@ -92,7 +71,7 @@ TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
 // full pass's, the streamed and hybrid FFNs (the same first neurons resident) agree on them,
 // no byte is read from flash, and the KV cache is as before.
 TEST(SelfDrafter, DraftPassesReadNothingAndLeaveTheCache) {
-  const Converted m = converted("self-draft-pass");
+  const testing::TinyFlm m = converted("self-draft-pass");
   auto model = Model::load(m.flm);
   Engine streamed(*model, options("sparse", half_the_ffn(*model, "sparse")));
   const int resident = streamed.plan()->resident_neurons_per_layer;
@@ -156,7 +135,7 @@ TEST(SelfDrafter, DraftPassesReadNothingAndLeaveTheCache) {
 }
 
 TEST(SelfDrafter, RefusedWhereTheFfnIsAllOrNothingInDram) {
-  const Converted m = converted("self-draft-refused");
+  const testing::TinyFlm m = converted("self-draft-refused");
   auto gguf = Model::load(m.gguf);
   auto flm = Model::load(m.flm);
   const auto refused = [](Engine& engine, const std::string& says) {

@@ -14,6 +14,7 @@
 #include "flash/loaded_model.h"
 #include "flash/flash_layout.h"
 #include "speculative/self_drafter.h"
+#include "support/generation.h"
 #include "support/test_model.h"
 
 namespace flashlm {
@@ -88,24 +89,8 @@ class ScriptedDrafter : public Drafter {
   int calls_ = 0;
 };
 
-struct Generated {
-  std::vector<int32_t> tokens;
-  GenerationStats stats;
-  int n_past = 0;
-};
-
-Generated generate_with(Engine& engine, const Tokenizer& tokenizer, std::span<const int32_t> prompt,
-                  int n, SamplingParams sampling, Drafter* drafter, int draft_max = 6) {
-  Transformer& tr = engine.transformer();
-  tr.truncate(0);
-  Sampler sampler(sampling);
-  Generated r;
-  r.stats = generate(
-      tr, sampler, tokenizer, prompt, n, [&](int32_t t) { return r.tokens.push_back(t), true; },
-      {}, {.drafter = drafter, .max_tokens = draft_max, .stop_at_end_of_generation = false});
-  r.n_past = tr.n_past();
-  return r;
-}
+using testing::generate_tokens;
+using testing::Generated;
 
 EngineOptions speculative_options(const std::string& mode = "dense", const std::string& budget = "",
                                   int context = 128) {
@@ -122,10 +107,10 @@ TEST(Speculative, EqualsPlainDecodingWithDraftsRightAndWrong) {
   for (const SamplingParams sampling :
        {SamplingParams{.temperature = 0}, SamplingParams{.temperature = 0.9f, .seed = 3},
         SamplingParams{.temperature = 1.5f, .top_k = 0, .top_p = 1.0f, .seed = 11}}) {
-    const Generated plain = generate_with(engine, model->tokenizer, prompt, 60, sampling, nullptr);
+    const Generated plain = generate_tokens(engine, prompt, 60, sampling, nullptr);
     ScriptedDrafter scripted(plain.tokens);
     scripted.prompt_ = prompt.size();
-    const Generated spec = generate_with(engine, model->tokenizer, prompt, 60, sampling, &scripted);
+    const Generated spec = generate_tokens(engine, prompt, 60, sampling, &scripted);
     EXPECT_EQ(spec.tokens, plain.tokens) << "temperature " << sampling.temperature;
     // What the KV cache holds at the end is what plain decoding fed: the prompt and all but
     // the last generated token.
@@ -134,7 +119,7 @@ TEST(Speculative, EqualsPlainDecodingWithDraftsRightAndWrong) {
     EXPECT_LT(spec.stats.accepted_tokens, spec.stats.drafted_tokens);
     EXPECT_LT(spec.stats.decode_passes, plain.stats.decode_passes);
     NgramDrafter ngram;
-    EXPECT_EQ(generate_with(engine, model->tokenizer, prompt, 60, sampling, &ngram).tokens,
+    EXPECT_EQ(generate_tokens(engine, prompt, 60, sampling, &ngram).tokens,
               plain.tokens);
   }
 }
@@ -145,7 +130,7 @@ TEST(Speculative, StopsWhereTheCallerSaysAndKeepsTheCacheConsistent) {
   auto model = Model::load(path);
   Engine engine(*model, speculative_options());
   const std::vector<int32_t> prompt = {72, 101, 108, 108, 111};
-  const Generated plain = generate_with(engine, model->tokenizer, prompt, 30, {.temperature = 0}, nullptr);
+  const Generated plain = generate_tokens(engine, prompt, 30, {.temperature = 0}, nullptr);
   for (int stop_after : {1, 2, 5, 13}) {
     ScriptedDrafter scripted(plain.tokens);
     scripted.prompt_ = prompt.size();
@@ -192,9 +177,9 @@ TEST(Speculative, RealModelEveryModeEqualsPlainDecoding) {
     Engine engine(*c.model, speculative_options(c.mode, c.budget, 256));
     for (const SamplingParams sampling :
          {SamplingParams{.temperature = 0}, SamplingParams{.temperature = 0.8f, .seed = 5}}) {
-      const Generated plain = generate_with(engine, c.model->tokenizer, prompt, 40, sampling, nullptr);
+      const Generated plain = generate_tokens(engine, prompt, 40, sampling, nullptr);
       NgramDrafter ngram;
-      const Generated spec = generate_with(engine, c.model->tokenizer, prompt, 40, sampling, &ngram, 8);
+      const Generated spec = generate_tokens(engine, prompt, 40, sampling, &ngram, 8);
       EXPECT_EQ(spec.tokens, plain.tokens) << c.mode << " temperature " << sampling.temperature;
       if (sampling.temperature == 0) {
         EXPECT_GT(spec.stats.accepted_tokens, 0) << c.mode;
@@ -203,7 +188,7 @@ TEST(Speculative, RealModelEveryModeEqualsPlainDecoding) {
       if (c.mode == "hybrid") {
         SelfDrafter self(engine.transformer(), 0.0f);
         const Generated drafted =
-            generate_with(engine, c.model->tokenizer, prompt, 40, sampling, &self, 8);
+            generate_tokens(engine, prompt, 40, sampling, &self, 8);
         EXPECT_EQ(drafted.tokens, plain.tokens) << c.mode << " self, temperature "
                                                 << sampling.temperature;
         EXPECT_GT(drafted.stats.drafted_tokens, 0) << c.mode;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <random>
 
+#include "flash/flash_layout.h"
 #include "gguf/gguf_writer.h"
 #include "quant/reference.h"
 
@@ -143,6 +144,13 @@ void write_tiny_model(const std::string& path, const TinyModelSpec& s) {
     matrix(p + "ffn_down.weight", s.d_model, s.d_ff);
   }
   w.write(path);
+}
+
+TinyFlm write_tiny_flm(const std::string& name, const TinyModelSpec& spec) {
+  TinyFlm m{temp_path(name + ".gguf"), temp_path(name + ".flm")};
+  write_tiny_model(m.gguf, spec);
+  convert_to_flm(m.gguf, m.flm, {.force = true});
+  return m;
 }
 
 }  // namespace flashlm::testing

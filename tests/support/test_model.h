@@ -34,6 +34,13 @@ constexpr int kTinyVocab = 259;
 // Writes the model to `path` (byte-level BPE tokenizer with no merges, random weights).
 void write_tiny_model(const std::string& path, const TinyModelSpec& spec = {});
 
+// A tiny model written as `name`.gguf and converted to `name`.flm (default bundles) beside it,
+// both under temp_path.
+struct TinyFlm {
+  std::string gguf, flm;
+};
+TinyFlm write_tiny_flm(const std::string& name, const TinyModelSpec& spec = {});
+
 // A unique path in a fresh folder on the real disk (not tmpfs), removed at process exit.
 std::string temp_path(const std::string& name);
 
