@@ -20,10 +20,8 @@
 namespace flashlm {
 namespace {
 
-testing::TinyFlm converted(const std::string& name) {
-  return testing::write_tiny_flm(name,
-                                 {.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0});
-}
+// Three layers of 256 neurons: a budget can keep any share of them resident.
+const testing::TinyModelSpec kSpec{.n_layers = 3, .d_ff = 256, .weight_type = TensorType::Q8_0};
 
 EngineOptions options(const std::string& mode, const std::string& budget = "") {
   return {.threads = 2,
@@ -47,7 +45,7 @@ using testing::Generated;
 const std::vector<int32_t> kPrompt = {84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98, 114};
 
 TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
-  const testing::TinyFlm m = converted("self-draft");
+  const testing::TinyFlm m = testing::write_tiny_flm("self-draft", kSpec);
   auto model = Model::load(m.flm);
   for (const std::string mode : {"sparse", "hybrid"}) {
     Engine engine(*model, options(mode, half_the_ffn(*model, mode)));
@@ -71,7 +69,7 @@ TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
 // full pass's, the streamed and hybrid FFNs (the same first neurons resident) agree on them,
 // no byte is read from flash, and the KV cache is as before.
 TEST(SelfDrafter, DraftPassesReadNothingAndLeaveTheCache) {
-  const testing::TinyFlm m = converted("self-draft-pass");
+  const testing::TinyFlm m = testing::write_tiny_flm("self-draft-pass", kSpec);
   auto model = Model::load(m.flm);
   Engine streamed(*model, options("sparse", half_the_ffn(*model, "sparse")));
   const int resident = streamed.plan()->resident_neurons_per_layer;
@@ -135,7 +133,7 @@ TEST(SelfDrafter, DraftPassesReadNothingAndLeaveTheCache) {
 }
 
 TEST(SelfDrafter, RefusedWhereTheFfnIsAllOrNothingInDram) {
-  const testing::TinyFlm m = converted("self-draft-refused");
+  const testing::TinyFlm m = testing::write_tiny_flm("self-draft-refused", kSpec);
   auto gguf = Model::load(m.gguf);
   auto flm = Model::load(m.flm);
   const auto refused = [](Engine& engine, const std::string& says) {
