@@ -55,12 +55,30 @@ TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
     for (const SamplingParams sampling :
          {SamplingParams{.temperature = 0}, SamplingParams{.temperature = 0.9f, .seed = 3}}) {
       const Generated plain = generate_tokens(engine, kPrompt, 40, sampling, nullptr);
-      SelfDrafter self(engine.transformer(), /*p_min=*/0.0f);
-      EXPECT_EQ(self.name(), "self");
-      const Generated spec = generate_tokens(engine, kPrompt, 40, sampling, &self);
-      EXPECT_EQ(spec.tokens, plain.tokens) << mode << " temperature " << sampling.temperature;
-      EXPECT_EQ(spec.n_past, plain.n_past) << mode;
-      EXPECT_GT(spec.stats.drafted_tokens, 0) << mode;
+      for (int width : {1, 3}) {  // a chain, and a tree of three candidates at the first position
+        SelfDrafter self(engine.transformer(), /*p_min=*/0.0f, /*vocab_rows=*/0, width);
+        EXPECT_EQ(self.name(), "self");
+        const Generated spec = generate_tokens(engine, kPrompt, 40, sampling, &self);
+        EXPECT_EQ(spec.tokens, plain.tokens)
+            << mode << " temperature " << sampling.temperature << " width " << width;
+        EXPECT_EQ(spec.n_past, plain.n_past) << mode << " width " << width;
+        EXPECT_GT(spec.stats.drafted_tokens, 0) << mode;
+        if (width == 3) {
+          // Trees were drafted: the runners-up follow the chain, each after the first token.
+          const std::vector<int32_t> context(kPrompt.begin(), kPrompt.end());
+          engine.transformer().truncate(0);
+          engine.transformer().forward(std::span(context).first(context.size() - 1));
+          const DraftTree tree = self.draft_tree(context, 4, 6);
+          EXPECT_EQ(tree.tokens.size(), 6u);
+          EXPECT_EQ(tree.chain_length(), 4);
+          EXPECT_FALSE(tree.is_chain());
+          EXPECT_EQ(tree.parents, (std::vector<int32_t>{-1, 0, 1, 2, -1, -1}));
+          EXPECT_NE(tree.tokens[4], tree.tokens[0]);
+          EXPECT_NE(tree.tokens[5], tree.tokens[0]);
+          EXPECT_EQ(engine.transformer().n_past(), static_cast<int>(context.size()) - 1);
+          EXPECT_EQ(self.draft_tree(context, 4, 4).tokens.size(), 4u);  // no room: a chain
+        }
+      }
     }
   }
 }

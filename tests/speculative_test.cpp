@@ -89,6 +89,30 @@ class ScriptedDrafter : public Drafter {
   int calls_ = 0;
 };
 
+// Trees whose chain is wrong from its first token on and whose right continuation is an
+// alternative with a child of its own (or, every fourth call, a wrong alternative too): every
+// accepted token comes through the tree's other branch, whose cache rows are moved into place.
+class ScriptedTreeDrafter : public Drafter {
+ public:
+  explicit ScriptedTreeDrafter(std::vector<int32_t> truth) : truth_(std::move(truth)) {}
+  std::vector<int32_t> draft(std::span<const int32_t>, int) override { return {}; }
+  DraftTree draft_tree(std::span<const int32_t> context, int, int max_total) override {
+    ++calls_;
+    const size_t at = context.size() - prompt_;
+    if (max_total < 4 || at + 1 >= truth_.size()) return {};
+    const auto wrong = [](int32_t t) { return (t + 1) % testing::kTinyVocab; };
+    const int32_t right = calls_ % 4 == 0 ? wrong(wrong(truth_[at])) : truth_[at];
+    // [wrong, wrong's child, right, right's child]
+    return {{wrong(truth_[at]), truth_[at + 1], right, truth_[at + 1]}, {-1, 0, -1, 2}};
+  }
+  std::string name() const override { return "scripted tree"; }
+  size_t prompt_ = 0;
+
+ private:
+  std::vector<int32_t> truth_;
+  int calls_ = 0;
+};
+
 using testing::generate_tokens;
 using testing::Generated;
 
@@ -121,6 +145,15 @@ TEST(Speculative, EqualsPlainDecodingWithDraftsRightAndWrong) {
     NgramDrafter ngram;
     EXPECT_EQ(generate_tokens(engine, prompt, 60, sampling, &ngram).tokens,
               plain.tokens);
+    if (sampling.temperature == 0) {
+      ScriptedTreeDrafter trees(plain.tokens);
+      trees.prompt_ = prompt.size();
+      const Generated treed = generate_tokens(engine, prompt, 60, sampling, &trees);
+      EXPECT_EQ(treed.tokens, plain.tokens);
+      EXPECT_EQ(treed.n_past, plain.n_past);
+      EXPECT_GT(treed.stats.accepted_tokens, 0);  // all through the second branch
+      EXPECT_GT(treed.stats.tokens_per_pass(), 1.5);
+    }
   }
 }
 
@@ -134,22 +167,28 @@ TEST(Speculative, StopsWhereTheCallerSaysAndKeepsTheCacheConsistent) {
   for (int stop_after : {1, 2, 5, 13}) {
     ScriptedDrafter scripted(plain.tokens);
     scripted.prompt_ = prompt.size();
-    Transformer& tr = engine.transformer();
-    tr.truncate(0);
-    Sampler greedy({.temperature = 0});
-    std::vector<int32_t> got;
-    generate(tr, greedy, model->tokenizer, prompt, 30,
-             [&](int32_t t) { return got.push_back(t), static_cast<int>(got.size()) < stop_after; },
-             {}, {.drafter = &scripted, .max_tokens = 6, .stop_at_end_of_generation = false});
-    ASSERT_EQ(got, std::vector<int32_t>(plain.tokens.begin(), plain.tokens.begin() + stop_after));
-    // Plain decoding would have fed every token but the last one it generated.
-    EXPECT_EQ(tr.n_past(), static_cast<int>(prompt.size()) + stop_after - 1);
+    ScriptedTreeDrafter trees(plain.tokens);
+    trees.prompt_ = prompt.size();
+    for (Drafter* drafter : std::initializer_list<Drafter*>{&scripted, &trees}) {
+      Transformer& tr = engine.transformer();
+      tr.truncate(0);
+      Sampler greedy({.temperature = 0});
+      std::vector<int32_t> got;
+      generate(
+          tr, greedy, model->tokenizer, prompt, 30,
+          [&](int32_t t) { return got.push_back(t), static_cast<int>(got.size()) < stop_after; },
+          {}, {.drafter = drafter, .max_tokens = 6, .stop_at_end_of_generation = false});
+      ASSERT_EQ(got, std::vector<int32_t>(plain.tokens.begin(), plain.tokens.begin() + stop_after))
+          << drafter->name();
+      // Plain decoding would have fed every token but the last one it generated.
+      EXPECT_EQ(tr.n_past(), static_cast<int>(prompt.size()) + stop_after - 1) << drafter->name();
+    }
   }
 }
 
 // The real default model in every mode under a budget that puts the FFN on flash; ngram
 // drafts on a greedy continuation of real text (the model repeats itself, so drafts are taken),
-// and self drafts in hybrid mode (its resident neurons).
+// and self drafts in hybrid and streamed modes with resident neurons.
 TEST(Speculative, RealModelEveryModeEqualsPlainDecoding) {
   const std::string gguf = std::string(FLASHLM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!std::filesystem::exists(gguf)) {
@@ -172,7 +211,8 @@ TEST(Speculative, RealModelEveryModeEqualsPlainDecoding) {
                                    {flash_model.get(), "hybrid", "110M"},
                                    {flash_model.get(), "naive", "110M"},
                                    {flash_model.get(), "mmap", "110M"},
-                                   {flash_model.get(), "auto", "80M"}};  // sparse, streamed
+                                   {flash_model.get(), "auto", "80M"},   // sparse, streamed
+                                   {flash_model.get(), "auto", "110M"}};  // and some resident
   for (const Case& c : cases) {
     Engine engine(*c.model, speculative_options(c.mode, c.budget, 256));
     for (const SamplingParams sampling :
@@ -185,7 +225,7 @@ TEST(Speculative, RealModelEveryModeEqualsPlainDecoding) {
         EXPECT_GT(spec.stats.accepted_tokens, 0) << c.mode;
       }
       // The model drafting for itself where the mode keeps part of the FFN in DRAM.
-      if (c.mode == "hybrid") {
+      if (c.mode == "hybrid" || (c.mode == "auto" && c.budget == "110M")) {
         SelfDrafter self(engine.transformer(), 0.0f);
         const Generated drafted =
             generate_tokens(engine, prompt, 40, sampling, &self, 8);

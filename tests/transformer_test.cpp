@@ -402,6 +402,59 @@ TEST(Transformer, RollbackThenAnotherContinuationEqualsAFreshRun) {
   }
 }
 
+// A draft tree in one pass: each token's logits are those of a fresh run of the prompt and its
+// path through the tree, bit for bit (also across Gemma 3's sliding window of 4), and after
+// keeping one path the cache continues as if that path had been fed alone.
+TEST(Transformer, TreePassEqualsEachPathAlone) {
+  for (const std::string arch : {"llama", "gemma3"}) {
+    Loaded m = load_tiny({.architecture = arch, .weight_type = TensorType::Q8_0},
+                         "tiny-tree-" + arch + ".gguf");
+    ThreadPool pool(2);
+    DenseFeedForward ffn(m.config, m.weights, pool);
+    const TransformerOptions options{.context_size = 32, .max_batch = 8, .all_logits = true};
+    Transformer tr(m.config, m.weights, ffn, pool, options);
+    const std::vector<int32_t> prompt(kTokens.begin(), kTokens.begin() + 6);
+    // root 40; 41 and 42 after it, 43 after 41, 44 after 43, 45 after 42.
+    const std::vector<int32_t> tree = {40, 41, 42, 43, 44, 45};
+    const std::vector<int32_t> parents = {-1, 0, 0, 1, 3, 2};
+    const auto path_of = [&](int node) {
+      std::vector<int32_t> path;
+      for (int i = node; i >= 0; i = parents[i]) path.insert(path.begin(), tree[i]);
+      return path;
+    };
+    const auto fresh_logits = [&](const std::vector<int32_t>& path) {
+      Transformer fresh(m.config, m.weights, ffn, pool, options);
+      fresh.forward(prompt);
+      std::vector<float> last;
+      for (int32_t t : path) {
+        const auto l = fresh.forward(std::span(&t, 1));
+        last.assign(l.begin(), l.end());
+      }
+      return last;
+    };
+    tr.forward(prompt);
+    const auto all = tr.forward_tree(tree, parents);
+    const size_t vocab = m.config.vocab_size;
+    ASSERT_EQ(all.size(), tree.size() * vocab);
+    const std::vector<float> logits(all.begin(), all.end());
+    for (int node = 0; node < static_cast<int>(tree.size()); ++node) {
+      EXPECT_EQ(max_abs_diff(std::span(logits).subspan(node * vocab, vocab),
+                             fresh_logits(path_of(node))),
+                0.0)
+          << arch << " node " << node;
+    }
+    // Keep the path 40 41 43 (rows 6, 7, 9), then feed 44: as a fresh run of 40 41 43 44.
+    const std::vector<int> rows = {6, 7, 9};
+    tr.kv_cache().keep_path(6, rows);
+    ASSERT_EQ(tr.n_past(), 9);
+    const int32_t next = 44;
+    EXPECT_EQ(max_abs_diff(tr.forward(std::span(&next, 1)), fresh_logits({40, 41, 43, 44})), 0.0)
+        << arch;
+    // A path that is not ascending within the cache is refused.
+    EXPECT_THROW(tr.kv_cache().keep_path(6, std::vector<int>{8, 7}), Error);
+  }
+}
+
 TEST(Transformer, TruncateReplaysIdentically) {
   Loaded m = load_tiny({}, "tiny-f32.gguf");
   ThreadPool pool(1);

@@ -134,6 +134,12 @@ void CommonOptions::add_draft(CLI::App& cmd) {
                  "Draft model or self: stop drafting when the most likely next token has a "
                  "probability below this (default 0.75 for a draft model, 0 for self)")
       ->check(CLI::Range(0.0, 1.0));
+  cmd.add_option("--draft-width", draft_width,
+                 "--draft self: candidates drafted for the first position: the best one continues "
+                 "as a chain, the others are verified beside it in the same pass (a draft tree); "
+                 "1 = a chain")
+      ->check(CLI::Range(1, 8))
+      ->capture_default_str();
   cmd.add_option("--draft-vocab", draft_vocab,
                  "--draft self: draft only the token ids below N, whose rows of the output head "
                  "alone are computed in a draft (BPE vocabularies put the most frequent tokens "
@@ -162,7 +168,8 @@ std::unique_ptr<Drafter> CommonOptions::build_drafter(Engine& target,
                                                       std::unique_ptr<Model> draft_loaded) const {
   if (draft == "self") {
     return std::make_unique<SelfDrafter>(target.transformer(),
-                                         draft_p_min >= 0 ? draft_p_min : 0.0f, draft_vocab);
+                                         draft_p_min >= 0 ? draft_p_min : 0.0f, draft_vocab,
+                                         draft_width);
   }
   if (!draft_loaded) return make_drafter(draft);
   return std::make_unique<ModelDrafter>(std::move(draft_loaded), target.model(), target.pool(),

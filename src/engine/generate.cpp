@@ -62,34 +62,48 @@ GenerationStats generate(Transformer& transformer, Sampler& sampler, const Token
       // `token` is generated but not yet in the KV cache: this step appends it and as many
       // drafted tokens after it as the context and the token limit leave room for.
       std::vector<int32_t> step = {token};
-      int asked = 0;
+      std::vector<int32_t> parents = {-1};  // step[i] follows step[parents[i]]
+      int asked = 0, chain = 0;
       double draft_seconds = 0;
       if (drafter) {
         context.push_back(token);
-        asked = std::min({draft_length.next(), max_tokens - stats.generated_tokens - 1,
-                          transformer.context_size() - transformer.n_past() - 1});
+        const int room = std::min({draft_max, max_tokens - stats.generated_tokens - 1,
+                                   transformer.context_size() - transformer.n_past() - 1});
+        asked = std::min(draft_length.next(), room);
         const auto draft_start = Clock::now();
-        const std::vector<int32_t> guess = drafter->draft(context, asked);
+        const DraftTree guess = drafter->draft_tree(context, asked, room);
         draft_seconds = seconds_since(draft_start);
         stats.draft_seconds += draft_seconds;
-        step.insert(step.end(), guess.begin(), guess.end());
+        step.insert(step.end(), guess.tokens.begin(), guess.tokens.end());
+        for (int32_t parent : guess.parents) parents.push_back(parent + 1);
+        chain = guess.chain_length();
       }
+      const bool tree = chain + 1 < static_cast<int>(step.size());
       const int base = transformer.n_past();
       const auto verify_start = Clock::now();
-      logits = transformer.forward(step, /*all_logits=*/step.size() > 1);
+      logits = tree ? transformer.forward_tree(step, parents)
+                    : transformer.forward(step, /*all_logits=*/step.size() > 1);
       const double pass_seconds = seconds_since(verify_start);
       stats.verify_seconds += pass_seconds;
       ++stats.decode_passes;
       const int drafted = static_cast<int>(step.size()) - 1;
       stats.drafted_tokens += drafted;
-      // Row i holds the logits after step[0..i]: sample it, and go on while the sample is the
-      // draft's next token.
+      // Row i holds the logits after step[i] (and its path): sample it, and go on to the draft
+      // that follows step[i] with the sample, while there is one. In a chain that is step[i + 1].
       int accepted = 0;
       bool going = true;
-      for (int i = 0;; ++i) {
-        token = sampler.sample(logits.subspan(static_cast<size_t>(i) * vocab, vocab));
-        if (i == drafted || token != step[i + 1]) break;
+      std::vector<int> path = {base};  // the cache rows of the tokens kept
+      for (int node = 0;;) {
+        token = sampler.sample(logits.subspan(static_cast<size_t>(node) * vocab, vocab));
+        int next = node + 1;
+        while (next < static_cast<int>(step.size()) &&
+               (parents[next] != node || step[next] != token)) {
+          ++next;
+        }
+        if (next == static_cast<int>(step.size())) break;
         ++accepted;
+        node = next;
+        path.push_back(base + next);
         context.push_back(token);
         if (!emit(token)) {
           going = false;
@@ -97,12 +111,16 @@ GenerationStats generate(Transformer& transformer, Sampler& sampler, const Token
         }
       }
       stats.accepted_tokens += accepted;
-      draft_length.observe(drafted, accepted, pass_seconds, asked, draft_seconds);
+      draft_length.observe(chain, std::min(accepted, chain), pass_seconds, asked, draft_seconds);
       // The KV cache keeps what plain decoding would have fed: step[0] and the accepted drafts,
       // except one that ended generation (as plain decoding never feeds its last token).
       // `token`, the correction or the bonus, is the next step's first.
       const int keep = going ? 1 + accepted : accepted;
-      if (keep < static_cast<int>(step.size())) transformer.truncate(base + keep);
+      if (tree) {
+        transformer.kv_cache().keep_path(base, std::span(path).first(keep));
+      } else if (keep < static_cast<int>(step.size())) {
+        transformer.truncate(base + keep);
+      }
       if (!going) break;
     }
   }

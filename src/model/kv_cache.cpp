@@ -1,6 +1,7 @@
 #include "model/kv_cache.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/error.h"
 
@@ -16,9 +17,10 @@ void check_type(const ModelConfig& c, TensorType type, const char* what, const c
   }
   const int64_t block = type_traits(type).block_size;
   if (c.head_dim % block != 0) {
-    fail("a {} KV cache stores {} in blocks of {} values, and this model's head_dim {} is not a "
-         "multiple of {}; use {} f16",
-         type_name(type), what, block, c.head_dim, block, flag);
+    fail(
+        "a {} KV cache stores {} in blocks of {} values, and this model's head_dim {} is not a "
+        "multiple of {}; use {} f16",
+        type_name(type), what, block, c.head_dim, block, flag);
   }
 }
 
@@ -32,7 +34,7 @@ uint64_t KvCache::bytes(const ModelConfig& c, int capacity, TensorType k, Tensor
 }
 
 KvCache::KvCache(const ModelConfig& c, int capacity, TensorType k, TensorType v)
-    : capacity_(capacity), key_type_(k), value_type_(v) {
+    : n_layers_(c.n_layers), capacity_(capacity), key_type_(k), value_type_(v) {
   if (capacity <= 0) fail("a KV cache needs room for at least one position, not {}", capacity);
   check_type(c, k, "keys", "--cache-type-k");
   check_type(c, v, "values", "--cache-type-v");
@@ -46,5 +48,22 @@ KvCache::KvCache(const ModelConfig& c, int capacity, TensorType k, TensorType v)
 }
 
 void KvCache::truncate(int n) { size_ = std::clamp(n, 0, size_); }
+
+void KvCache::keep_path(int base, std::span<const int> slots) {
+  const int kept = static_cast<int>(slots.size());
+  for (int j = 0; j < kept; ++j) {
+    if (slots[j] < base + j || slots[j] >= size_ || (j > 0 && slots[j] <= slots[j - 1])) {
+      fail("internal error: a draft tree's path is not ascending within the cache");
+    }
+  }
+  for (int layer = 0; layer < n_layers_; ++layer) {
+    for (int j = 0; j < kept; ++j) {
+      if (slots[j] == base + j) continue;
+      std::memcpy(keys(layer, base + j), keys(layer, slots[j]), key_row_bytes_);
+      std::memcpy(values(layer, base + j), values(layer, slots[j]), value_row_bytes_);
+    }
+  }
+  size_ = base + kept;
+}
 
 }  // namespace flashlm

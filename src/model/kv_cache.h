@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "model/config.h"
@@ -27,6 +28,10 @@ class KvCache {
   int capacity() const { return capacity_; }
   // Forgets everything from position n on (n = 0 starts over).
   void truncate(int n);
+  // Keeps, after position `base`, the rows of `slots` (positions a tree pass wrote, ascending,
+  // each at least base + its index) moved to base, base + 1, ...: the accepted path of a draft
+  // tree. The cache then holds base + slots.size() positions.
+  void keep_path(int base, std::span<const int> slots);
   // Counts `n` positions whose rows the pass has written as held.
   void extend(int n) { size_ += n; }
   size_t bytes() const { return keys_.size() + values_.size(); }
@@ -50,6 +55,7 @@ class KvCache {
     return static_cast<size_t>(layer) * capacity_ + static_cast<size_t>(position);
   }
 
+  int n_layers_;
   int capacity_;
   int size_ = 0;
   TensorType key_type_, value_type_;

@@ -58,6 +58,7 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   tokens_.resize(b);
   token_cache_.resize(b);
   token_pos_.resize(b);
+  token_slot_.resize(b);
   logit_rows_.reserve(std::max<size_t>(b, options_.logit_buffer_rows()));
   scores_.resize(static_cast<size_t>(pool.size()) * options_.context_size);
   // Prepared once here, so that preparing a query per head in attention() only overwrites.
@@ -113,6 +114,46 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
   const size_t vocab = config_.vocab_size;
   if (all_logits) return {logits_.data(), tokens.size() * vocab};
   return {logits_.data(), vocab};
+}
+
+std::span<const float> Transformer::forward_tree(std::span<const int32_t> tokens,
+                                                 std::span<const int32_t> parents) {
+  check_tokens(cache_, tokens);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (!options_.all_logits || n > options_.kept_logit_rows() || parents.size() != tokens.size()) {
+    fail("internal error: a tree of {} tokens for a transformer keeping {} rows of logits", n,
+         options_.all_logits ? options_.kept_logit_rows() : 0);
+  }
+  const int64_t base = cache_.size();
+  tree_paths_.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t parent = parents[i];
+    if (i == 0 ? parent != -1 : parent < 0 || parent >= i) {
+      fail("internal error: token {} of a draft tree follows {}", i, parent);
+    }
+    std::vector<int64_t>& path = tree_paths_[i];
+    if (i == 0) {
+      path.clear();
+    } else {
+      path = tree_paths_[parent];
+    }
+    path.push_back(base + i);  // its own row: rows follow the tree's order
+    tokens_[i] = tokens[i];
+    token_cache_[i] = &cache_;
+    token_pos_[i] = base + static_cast<int64_t>(path.size()) - 1;  // its depth
+    token_slot_[i] = base + i;
+  }
+  logit_rows_.clear();
+  for (int64_t i = 0; i < n; ++i) logit_rows_.push_back(i);
+  tree_base_ = base;
+  try {
+    forward_batch(n, logit_rows_, Pass{});
+  } catch (...) {
+    tree_base_ = -1;
+    throw;
+  }
+  tree_base_ = -1;
+  return {logits_.data(), static_cast<size_t>(n) * config_.vocab_size};
 }
 
 std::span<const float> Transformer::forward_resident(std::span<const int32_t> tokens,
@@ -180,6 +221,7 @@ int64_t Transformer::gather(std::span<const SequenceStep> steps) {
       tokens_[n] = step.tokens[i];
       token_cache_[n] = step.cache;
       token_pos_[n] = step.cache->size() + static_cast<int64_t>(i);
+      token_slot_[n] = token_pos_[n];
     }
   }
   return n;
@@ -268,8 +310,9 @@ void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
     const int64_t pos = token_pos_[t];
     apply_rope(q, c.n_heads, hd, c.rope_dims, c.rope_style, pos, rope_base, rope_scale);
     apply_rope(k, c.n_kv_heads, hd, c.rope_dims, c.rope_style, pos, rope_base, rope_scale);
-    quantize_row(cache.key_type(), k, cache.keys(layer, pos), c.kv_dim());
-    quantize_row(cache.value_type(), v_.data() + t * c.kv_dim(), cache.values(layer, pos),
+    const int64_t slot = token_slot_[t];  // = pos, but in a draft tree's pass
+    quantize_row(cache.key_type(), k, cache.keys(layer, slot), c.kv_dim());
+    quantize_row(cache.value_type(), v_.data() + t * c.kv_dim(), cache.values(layer, slot),
                  c.kv_dim());
   }
 
@@ -286,8 +329,18 @@ void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
       const int64_t start = local ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
       query.prepare(cache.key_type(), q_.data() + t * c.q_dim() + h * hd, hd);
       const int64_t count = pos - start + 1;
-      const uint8_t* keys = cache.keys(layer, start) + kv_head * cache.key_head_bytes();
-      matvec_rows(cache.key_type(), keys, cache.key_row_bytes(), query, 0, count, scores);
+      const uint8_t* keys = cache.keys(layer, 0) + kv_head * cache.key_head_bytes();
+      const size_t key_row = cache.key_row_bytes();
+      // Position p's row: row p, except in a draft tree's pass, whose tokens attend to the
+      // cache before the tree and to their own path through it (tree_paths_).
+      const std::vector<int64_t>* path = tree_base_ >= 0 ? &tree_paths_[t] : nullptr;
+      const int64_t in_cache = path ? std::clamp<int64_t>(tree_base_ - start, 0, count) : count;
+      const auto row_of = [&](int64_t p) { return p < tree_base_ || !path ? p : (*path)[p - tree_base_]; };
+      matvec_rows(cache.key_type(), keys + start * key_row, key_row, query, 0, in_cache, scores);
+      for (int64_t i = in_cache; i < count; ++i) {
+        matvec_rows(cache.key_type(), keys + row_of(start + i) * key_row, key_row, query, 0, 1,
+                    scores + i);
+      }
       scale_f32(scores, c.attention_scale, count);
       softmax(scores, count);
       float* o = attn_.data() + t * c.q_dim() + h * hd;
@@ -295,7 +348,7 @@ void Transformer::attention(int layer, const LayerWeights& w, int64_t n) {
       const size_t value_row = cache.value_row_bytes();
       const uint8_t* values = cache.values(layer, 0) + kv_head * cache.value_head_bytes();
       for (int64_t p = start; p <= pos; ++p) {
-        axpy_row(cache.value_type(), values + p * value_row, scores[p - start], o, hd);
+        axpy_row(cache.value_type(), values + row_of(p) * value_row, scores[p - start], o, hd);
       }
     }
   });

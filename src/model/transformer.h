@@ -78,6 +78,14 @@ class Transformer {
   // `sequences` steps and max_batch tokens in all. A token's logits are exactly what a pass
   // of its sequence alone gives: every row of the batch is computed on its own.
   std::span<const float> forward(std::span<const SequenceStep> steps);
+  // A tree of tokens in one pass on the transformer's own cache (speculative decoding's draft
+  // trees): token 0 continues the cache, token i > 0 follows token parents[i] < i, and each
+  // attends to the cache and its own path through the tree, at the position of its depth. Its
+  // keys and values go to rows n_past() + i; the caller keeps the accepted path with
+  // KvCache::keep_path. Returns every token's logits (all_logits, at most kept_logit_rows()),
+  // each what a pass of its path alone computes.
+  std::span<const float> forward_tree(std::span<const int32_t> tokens,
+                                      std::span<const int32_t> parents);
   // As forward(tokens) (the logits of the last token), with the FFN computing only what it
   // holds in DRAM (FfnStep::resident_only): on flash a pass that reads nothing, whose logits
   // guess forward()'s, so that the model can draft for itself (speculative/self_drafter.h).
@@ -152,6 +160,11 @@ class Transformer {
   std::vector<int32_t> tokens_;
   std::vector<KvCache*> token_cache_;
   std::vector<int64_t> token_pos_;
+  std::vector<int64_t> token_slot_;  // its row in the cache: token_pos_, except in a tree
+  // A tree pass (forward_tree): the cache's size before it (-1: not a tree), and each token's
+  // rows for the positions from there to its own.
+  int64_t tree_base_ = -1;
+  std::vector<std::vector<int64_t>> tree_paths_;
   std::vector<int64_t> logit_rows_;
   std::vector<float> x_, xn_, q_, k_, v_, attn_, out_, logits_;
   std::vector<float> scores_;           // [thread][context]

@@ -72,6 +72,20 @@ int DraftLength::next() const {
   return best;
 }
 
+bool DraftTree::is_chain() const { return chain_length() == static_cast<int>(tokens.size()); }
+
+int DraftTree::chain_length() const {
+  int n = 0;
+  while (n < static_cast<int>(parents.size()) && parents[n] == n - 1) ++n;
+  return n;
+}
+
+DraftTree Drafter::draft_tree(std::span<const int32_t> context, int max_tokens, int max_total) {
+  DraftTree tree{draft(context, std::min(max_tokens, max_total)), {}};
+  for (size_t i = 0; i < tree.tokens.size(); ++i) tree.parents.push_back(static_cast<int32_t>(i) - 1);
+  return tree;
+}
+
 TopToken top_token(std::span<const float> logits) {
   const auto best = std::max_element(logits.begin(), logits.end());
   // p(top) = 1 / sum(exp(logit - top)).

@@ -12,9 +12,24 @@
 
 namespace flashlm {
 
+// Drafted tokens as a tree: tokens[i] follows tokens[parents[i]], or, where parents[i] is -1,
+// the token the step starts with (the last one sampled). Parents come first; a chain has
+// parents 0, 1, 2, ... after its first token's -1.
+struct DraftTree {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> parents;
+  bool is_chain() const;
+  // Tokens of the chain that starts the list (each following the one before): what the
+  // draft length counts; the rest are alternatives verified beside it.
+  int chain_length() const;
+};
+
 class Drafter {
  public:
   virtual ~Drafter() = default;
+  // The draft as a tree of at most max_total tokens whose first chain has at most max_tokens;
+  // by default draft()'s chain.
+  virtual DraftTree draft_tree(std::span<const int32_t> context, int max_tokens, int max_total);
   // Up to max_tokens tokens that may follow `context` (the prompt and everything generated);
   // empty when there is no good guess (the step then decodes one token, as without a draft).
   virtual std::vector<int32_t> draft(std::span<const int32_t> context, int max_tokens) = 0;

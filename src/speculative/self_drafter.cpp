@@ -26,25 +26,35 @@ std::string self_draft_refusal(const Transformer& target) {
   return {};
 }
 
-SelfDrafter::SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows)
-    : target_(target), p_min_(p_min), vocab_rows_(vocab_rows) {
+SelfDrafter::SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows, int width)
+    : target_(target), p_min_(p_min), vocab_rows_(vocab_rows), width_(std::max(width, 1)) {
   if (const std::string why = self_draft_refusal(target); !why.empty()) fail("{}", why);
 }
 
 std::vector<int32_t> SelfDrafter::draft(std::span<const int32_t> context, int max_tokens) {
-  std::vector<int32_t> out;
+  return draft_tree(context, max_tokens, max_tokens).tokens;  // width 1: a chain
+}
+
+DraftTree SelfDrafter::draft_tree(std::span<const int32_t> context, int max_tokens, int max_total) {
+  DraftTree tree;
   const int base = target_.n_past();
-  if (base >= static_cast<int>(context.size())) return out;  // nothing to continue from
-  max_tokens = std::min(max_tokens, target_.context_size() - static_cast<int>(context.size()));
-  if (max_tokens <= 0) return out;
+  if (base >= static_cast<int>(context.size())) return tree;  // nothing to continue from
+  const int room = target_.context_size() - static_cast<int>(context.size());
+  max_tokens = std::min({max_tokens, max_total, room});
+  if (max_tokens <= 0) return tree;
+  std::vector<int32_t> alternatives;
   try {
     // The unfed tail of the context (one token in generate()), then each draft in turn.
     std::span<const float> logits = target_.forward_resident(context.subspan(base), vocab_rows_);
+    // The runners-up for the first position, verified beside the chain (width - 1 of them).
+    const int others = std::min(width_ - 1, std::min(max_total, room) - 1);
+    if (others > 0) alternatives = runners_up(logits, others);
     for (;;) {
       const TopToken top = top_token(logits);
       if (top.probability < p_min_) break;
-      out.push_back(top.token);
-      if (static_cast<int>(out.size()) == max_tokens) break;
+      tree.parents.push_back(static_cast<int32_t>(tree.tokens.size()) - 1);
+      tree.tokens.push_back(top.token);
+      if (static_cast<int>(tree.tokens.size()) == max_tokens) break;
       logits = target_.forward_resident(std::span(&top.token, 1), vocab_rows_);
     }
   } catch (...) {
@@ -52,7 +62,25 @@ std::vector<int32_t> SelfDrafter::draft(std::span<const int32_t> context, int ma
     throw;
   }
   target_.truncate(base);
-  return out;
+  if (tree.tokens.empty()) return tree;  // not sure of the first: no alternatives either
+  const int fit = std::min<int>(static_cast<int>(alternatives.size()),
+                                std::min(max_total, room) - static_cast<int>(tree.tokens.size()));
+  for (int a = 0; a < fit; ++a) {
+    tree.tokens.push_back(alternatives[a]);
+    tree.parents.push_back(-1);
+  }
+  return tree;
+}
+
+std::vector<int32_t> SelfDrafter::runners_up(std::span<const float> logits, int n) {
+  // The n + 1 largest logits, best first; the best is the chain's.
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  const int k = std::min<int>(n + 1, static_cast<int>(ids.size()));
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  return {ids.begin() + 1, ids.begin() + k};
 }
 
 }  // namespace flashlm

@@ -21,17 +21,24 @@ class SelfDrafter : public Drafter {
   // else this throws saying which modes can draft for themselves.
   // With vocab_rows > 0 the drafts compute the output head's first vocab_rows rows only, and
   // draft only those token ids (--draft-vocab): the head is most of a draft pass's arithmetic.
-  SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows = 0);
+  // `width` > 1: a draft tree, the width - 1 runners-up for the first position verified beside
+  // the chain of the best one (--draft-width); 1: a chain.
+  SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows = 0, int width = 1);
 
   // `context` continues what the target's KV cache holds (generate() calls it with the
   // verified tokens in the cache and the last sampled one not yet fed).
   std::vector<int32_t> draft(std::span<const int32_t> context, int max_tokens) override;
+  DraftTree draft_tree(std::span<const int32_t> context, int max_tokens, int max_total) override;
   std::string name() const override { return "self"; }
 
  private:
+  // The n tokens after the best of `logits`, in order.
+  static std::vector<int32_t> runners_up(std::span<const float> logits, int n);
+
   Transformer& target_;
   float p_min_;
   int64_t vocab_rows_;
+  int width_;
 };
 
 // Why `target` cannot draft for itself (every neuron in DRAM, or none), or empty when it can.
