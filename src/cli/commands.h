@@ -31,7 +31,7 @@ struct CommonOptions {
   // Below 0 (not given): 0.75 for a draft model (llama.cpp's default), 0 for self, whose
   // probabilities from a fraction of the FFN understate how often its top token is right.
   float draft_p_min = -1.0f;
-  int draft_width = 1;  // --draft self: candidates for the first drafted position (a tree)
+  int draft_width = 3;  // --draft self: candidates for the first drafted position (a tree)
   int draft_vocab = 32768;  // --draft self: the token ids below this are drafted (0: all)
   void add_draft(CLI::App& cmd);
   // The draft model's file (-md, or --draft given a file); empty when none is given.
