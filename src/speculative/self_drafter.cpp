@@ -32,7 +32,9 @@ SelfDrafter::SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows, i
 }
 
 std::vector<int32_t> SelfDrafter::draft(std::span<const int32_t> context, int max_tokens) {
-  return draft_tree(context, max_tokens, max_tokens).tokens;  // width 1: a chain
+  DraftTree tree = draft_tree(context, max_tokens, max_tokens);
+  tree.tokens.resize(static_cast<size_t>(tree.chain_length()));  // the chain alone
+  return tree.tokens;
 }
 
 DraftTree SelfDrafter::draft_tree(std::span<const int32_t> context, int max_tokens, int max_total) {
