@@ -107,10 +107,7 @@ std::span<const float> Transformer::forward(std::span<const int32_t> tokens, boo
     fail("all logits were asked for {} tokens, more than the {} rows kept (batch size {})",
          tokens.size(), options_.kept_logit_rows(), options_.max_batch);
   }
-  for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
-    const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
-    forward_own(tokens.subspan(start, n), all_logits, {});
-  }
+  forward_own(tokens, all_logits, {});
   const size_t vocab = config_.vocab_size;
   if (all_logits) return {logits_.data(), tokens.size() * vocab};
   return {logits_.data(), vocab};
@@ -159,21 +156,21 @@ std::span<const float> Transformer::forward_tree(std::span<const int32_t> tokens
 std::span<const float> Transformer::forward_resident(std::span<const int32_t> tokens,
                                                      int64_t vocab_rows) {
   check_tokens(cache_, tokens);
-  const Pass pass{.resident_only = true, .vocab_rows = vocab_rows};
-  for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
-    const size_t n = std::min<size_t>(options_.max_batch, tokens.size() - start);
-    forward_own(tokens.subspan(start, n), false, pass);
-  }
+  forward_own(tokens, false, {.resident_only = true, .vocab_rows = vocab_rows});
   return {logits_.data(), static_cast<size_t>(last_vocab_rows_)};
 }
 
 void Transformer::forward_own(std::span<const int32_t> tokens, bool all_logits,
                               const Pass& pass) {
-  const SequenceStep step{&cache_, tokens};
-  const int64_t n = gather({&step, 1});
-  logit_rows_.clear();
-  for (int64_t i = all_logits ? 0 : n - 1; i < n; ++i) logit_rows_.push_back(i);
-  forward_batch(n, logit_rows_, pass);
+  for (size_t start = 0; start < tokens.size(); start += options_.max_batch) {
+    const SequenceStep step{&cache_,
+                            tokens.subspan(start, std::min<size_t>(options_.max_batch,
+                                                                   tokens.size() - start))};
+    const int64_t n = gather({&step, 1});
+    logit_rows_.clear();
+    for (int64_t i = all_logits ? 0 : n - 1; i < n; ++i) logit_rows_.push_back(i);
+    forward_batch(n, logit_rows_, pass);
+  }
 }
 
 std::span<const float> Transformer::forward(std::span<const SequenceStep> steps) {

@@ -141,7 +141,7 @@ class Transformer {
   };
   void forward_batch(int64_t n, std::span<const int64_t> logit_rows, const Pass& pass);
   void attention(int layer, const LayerWeights& w, int64_t n_tokens);
-  // The single-sequence pass over `tokens` on the transformer's own cache.
+  // The single-sequence pass over `tokens` on the transformer's own cache, max_batch at a time.
   void forward_own(std::span<const int32_t> tokens, bool all_logits, const Pass& pass);
 
   const ModelConfig& config_;
