@@ -133,6 +133,48 @@ TEST(SparseFfn, BatchedTokensWithAThresholdEqualOneTokenAtATime) {
   }
 }
 
+// Several tokens go through the matrix kernel over runs of neighbouring bundles: runs of
+// every length (longer than one call's run, broken by gaps, reversed order, single bundles),
+// each bundle type, with thresholds: each token must get bit for bit what it gets alone.
+TEST(SparseFfn, RunsOfBundlesForSeveralTokensEqualOneTokenAtATime) {
+  for (const auto& [bundle, weights] :
+       {std::pair{BundleType::Source, TensorType::Q4_1}, std::pair{BundleType::Q8_0, TensorType::Q8_0},
+        std::pair{BundleType::F16, TensorType::F32}}) {
+    const Converted m = make_models("runs", bundle, weights);
+    auto model = Model::load(m.flm);
+    const FlashModelFile& flm = *model->flash;
+    std::vector<uint8_t> bytes(flm.layers()[1].bytes);
+    {
+      std::ifstream in(m.flm, std::ios::binary);
+      in.seekg(static_cast<std::streamoff>(flm.layers()[1].offset));
+      in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    }
+    const size_t stride = flm.layout().stride;
+    const int d_ff = flm.d_ff(), d = model->config.d_model;
+    std::vector<const uint8_t*> bundles;
+    for (int i = 0; i < 40 && i < d_ff; ++i) bundles.push_back(bytes.data() + i * stride);
+    for (int i = 45; i < d_ff; i += 3) bundles.push_back(bytes.data() + i * stride);
+    for (int i = d_ff - 1; i >= d_ff - 20; i -= 1) bundles.push_back(bytes.data() + i * stride);
+    ThreadPool pool(2);
+    SparseFfn sparse(flm.layout(), model->config.activation, pool);
+    for (int tokens : {2, 5, 9}) {
+      const auto x = testing::random_floats(static_cast<size_t>(tokens) * d, 30 + tokens);
+      for (float threshold : {0.0f, 0.05f}) {
+        std::vector<float> batched(static_cast<size_t>(tokens) * d), single(d);
+        sparse.forward(bundles, x.data(), tokens, batched.data(), threshold);
+        for (int t = 0; t < tokens; ++t) {
+          sparse.forward(bundles, x.data() + t * d, 1, single.data(), threshold);
+          for (int i = 0; i < d; ++i) {
+            ASSERT_EQ(batched[t * d + i], single[i])
+                << type_name(weights) << " bundles, " << tokens << " tokens, threshold "
+                << threshold << ", token " << t << ", element " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 // A budget that covers what hybrid mode needs besides FFN neurons (resident part, stream
 // buffers, KV cache, working buffers, the process itself) plus `ffn_share` of the FFN.
 std::string budget_with_ffn_share(const std::string& flm_path, double ffn_share) {

@@ -13,7 +13,9 @@ SparseFfn::SparseFfn(const BundleLayout& layout, Activation activation, ThreadPo
       activation_(activation),
       pool_(pool),
       accumulators_(pool.size()),
-      token_activations_(pool.size()) {}
+      token_activations_(pool.size()),
+      batch_gate_(pool.size()),
+      batch_up_(pool.size()) {}
 
 void SparseFfn::prepare(const float* x, int64_t n_tokens) {
   const int64_t d = layout_.d_model;
@@ -35,24 +37,54 @@ float SparseFfn::activation(const uint8_t* bundle, int64_t token) const {
          up;
 }
 
-void SparseFfn::neuron(const uint8_t* bundle, int64_t n_tokens, float threshold, float* acc,
-                       std::vector<float>& h) {
+void SparseFfn::neuron(const uint8_t* bundle, float threshold, float* acc) {
+  const float a = activation(bundle, 0);
+  if (std::abs(a) > threshold)
+    axpy_row(layout_.down_type, bundle + layout_.down_offset(), a, acc, layout_.d_model);
+}
+
+void SparseFfn::neurons(std::span<const uint8_t* const> bundles, int64_t n_tokens, float threshold,
+                        float* acc, int thread) {
+  // Several tokens: the gate and up rows of a run of neighbouring bundles (a layer's bundles
+  // sit at a fixed stride, in the cache as in a streamed layer) go through the matrix kernel,
+  // which unpacks each row once for all tokens and gives each token bit for bit what dot()
+  // gives it alone; the down row is decoded once for all tokens too.
   const int64_t d = layout_.d_model;
-  const uint8_t* down_row = bundle + layout_.down_offset();
-  if (n_tokens == 1) {
-    const float a = activation(bundle, 0);
-    if (std::abs(a) > threshold) axpy_row(layout_.down_type, down_row, a, acc, d);
-    return;
+  const size_t stride = layout_.stride;
+  std::vector<float>& h = token_activations_[thread];
+  h.resize(n_tokens);
+  std::vector<float>& up = batch_up_[thread];
+  std::vector<float>& gate = batch_gate_[thread];
+  up.resize(static_cast<size_t>(kRun) * n_tokens);
+  if (layout_.gated) gate.resize(static_cast<size_t>(kRun) * n_tokens);
+  const int64_t n = static_cast<int64_t>(bundles.size());
+  for (int64_t i = 0; i < n;) {
+    // The longest run of bundles at the fixed stride, at most kRun.
+    int64_t run = 1;
+    while (run < kRun && i + run < n && bundles[i + run] == bundles[i] + run * stride) ++run;
+    const uint8_t* first = bundles[i];
+    if (i + run < n) prefetch(bundles[i + run], stride);
+    matmul_rows(layout_.up_type, first + layout_.up_offset(), stride, up_inputs_.data(), n_tokens,
+                0, run, up.data(), run);
+    if (layout_.gated) {
+      matmul_rows(layout_.gate_type, first + layout_.gate_offset(), stride, gate_inputs_.data(),
+                  n_tokens, 0, run, gate.data(), run);
+    }
+    for (int64_t r = 0; r < run; ++r) {
+      bool any = false;
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        const float a = layout_.gated ? activate(activation_, gate[t * run + r]) * up[t * run + r]
+                                      : activate(activation_, up[t * run + r]);
+        h[t] = std::abs(a) > threshold ? a : 0.0f;
+        any |= h[t] != 0.0f;
+      }
+      if (any) {
+        axpy_row_tokens(layout_.down_type, bundles[i + r] + layout_.down_offset(), h.data(),
+                        n_tokens, acc, d, d);
+      }
+    }
+    i += run;
   }
-  // Several tokens: the down row is decoded once for all of them, and each token's sum is
-  // what the one-token path gives it (a batch computes what token-by-token decoding does).
-  bool any = false;
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const float a = activation(bundle, t);
-    h[t] = std::abs(a) > threshold ? a : 0.0f;
-    any |= h[t] != 0.0f;
-  }
-  if (any) axpy_row_tokens(layout_.down_type, down_row, h.data(), n_tokens, acc, d, d);
 }
 
 void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x, int64_t n_tokens,
@@ -69,16 +101,19 @@ void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x,
   for (int64_t s = 0; s < slices; ++s) {
     accumulators_[s].assign(static_cast<size_t>(n_tokens) * d, 0.0f);
   }
-  for (std::vector<float>& h : token_activations_) h.resize(n_tokens);
   pool_.parallel_for(slices, [&](int64_t first, int64_t last, int thread) {
     for (int64_t s = first; s < last; ++s) {
       float* acc = accumulators_[s].data();
-      const int64_t end = n * (s + 1) / slices;
-      for (int64_t i = n * s / slices; i < end; ++i) {
+      const int64_t begin = n * s / slices, end = n * (s + 1) / slices;
+      if (n_tokens > 1) {
+        neurons(bundles.subspan(begin, end - begin), n_tokens, threshold, acc, thread);
+        continue;
+      }
+      for (int64_t i = begin; i < end; ++i) {
         // Bundles come from reads just landed in DRAM or from a cache larger than the CPU's:
         // ask for the next one while this one is computed.
         if (i + 1 < end) prefetch(bundles[i + 1], layout_.stride);
-        neuron(bundles[i], n_tokens, threshold, acc, token_activations_[thread]);
+        neuron(bundles[i], threshold, acc);
       }
     }
   });

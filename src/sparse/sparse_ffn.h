@@ -38,15 +38,19 @@ class SparseFfn {
  private:
   void prepare(const float* x, int64_t n_tokens);
   float activation(const uint8_t* bundle, int64_t token) const;
-  void neuron(const uint8_t* bundle, int64_t n_tokens, float threshold, float* acc,
-              std::vector<float>& h);
+  void neuron(const uint8_t* bundle, float threshold, float* acc);  // one token
+  void neurons(std::span<const uint8_t* const> bundles, int64_t n_tokens, float threshold,
+               float* acc, int thread);
+
+  static constexpr int64_t kRun = 16;  // bundles per call of the matrix kernel
 
   const BundleLayout layout_;
   const Activation activation_;
   ThreadPool& pool_;
   std::vector<PreparedInput> gate_inputs_, up_inputs_;
-  std::vector<std::vector<float>> accumulators_;  // one n_tokens x d_model sum per slice
-  std::vector<std::vector<float>> token_activations_;  // one n_tokens buffer per thread
+  std::vector<std::vector<float>> accumulators_;           // one n_tokens x d_model sum per slice
+  std::vector<std::vector<float>> token_activations_;      // one n_tokens buffer per thread
+  std::vector<std::vector<float>> batch_gate_, batch_up_;  // kRun x n_tokens per thread
 };
 
 }  // namespace flashlm
