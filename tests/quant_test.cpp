@@ -262,41 +262,44 @@ class QuantKernels : public ::testing::TestWithParam<std::tuple<TensorType, int6
 
 TEST_P(QuantKernels, DotMatvecAndMatmulMatchReference) {
   const TensorType type = param_type();
-  constexpr int kTokens = 6;  // a full tile of 4 and a remainder
-  std::vector<std::vector<float>> xs;
-  std::vector<PreparedInput> prepared(kTokens);
-  for (int t = 0; t < kTokens; ++t) {
-    xs.push_back(random_floats(kN, 7 + t, 2.0f));
-    prepared[t].prepare(type, xs[t].data(), kN);
-  }
-  std::vector<float> matvec(kRows), matmul(kTokens * kRows);
-  matvec_rows(type, weights_.data(), stride_, prepared[0], 0, kRows, matvec.data());
-  matmul_rows(type, weights_.data(), stride_, prepared.data(), kTokens, 0, kRows, matmul.data(),
-              kRows);
-  for (int t = 0; t < kTokens; ++t) {
-    const std::vector<float> x = effective_input(prepared[t], xs[t]);
-    for (int r = 0; r < kRows; ++r) {
-      const uint8_t* row = weights_.data() + r * stride_;
-      const float expected = dot_reference(type, row, x.data(), kN);
-      const float tol = tolerance(type, row, x);
-      EXPECT_NEAR(dot(type, row, prepared[t]), expected, tol) << "token " << t << " row " << r;
-      EXPECT_NEAR(matmul[t * kRows + r], expected, tol) << "token " << t << " row " << r;
-      // Bit for bit what the one-token kernel gives: a batched forward pass must compute what
-      // token-by-token decoding computes (the next layer's int8 quantization would amplify
-      // any rounding difference).
-      EXPECT_EQ(matmul[t * kRows + r], dot(type, row, prepared[t]))
-          << "token " << t << " row " << r << ": the batched kernel rounds otherwise";
-      if (t == 0) {
-        EXPECT_NEAR(matvec[r], expected, tol) << "row " << r;
+  // A full tile of 4 and a remainder of each width, and batches smaller than a tile.
+  for (const int kTokens : {6, 7, 5, 3, 2}) {
+    SCOPED_TRACE(::testing::Message() << kTokens << " tokens");
+    std::vector<std::vector<float>> xs;
+    std::vector<PreparedInput> prepared(kTokens);
+    for (int t = 0; t < kTokens; ++t) {
+      xs.push_back(random_floats(kN, 7 + t, 2.0f));
+      prepared[t].prepare(type, xs[t].data(), kN);
+    }
+    std::vector<float> matvec(kRows), matmul(kTokens * kRows);
+    matvec_rows(type, weights_.data(), stride_, prepared[0], 0, kRows, matvec.data());
+    matmul_rows(type, weights_.data(), stride_, prepared.data(), kTokens, 0, kRows, matmul.data(),
+                kRows);
+    for (int t = 0; t < kTokens; ++t) {
+      const std::vector<float> x = effective_input(prepared[t], xs[t]);
+      for (int r = 0; r < kRows; ++r) {
+        const uint8_t* row = weights_.data() + r * stride_;
+        const float expected = dot_reference(type, row, x.data(), kN);
+        const float tol = tolerance(type, row, x);
+        EXPECT_NEAR(dot(type, row, prepared[t]), expected, tol) << "token " << t << " row " << r;
+        EXPECT_NEAR(matmul[t * kRows + r], expected, tol) << "token " << t << " row " << r;
+        // Bit for bit what the one-token kernel gives: a batched forward pass must compute what
+        // token-by-token decoding computes (the next layer's int8 quantization would amplify
+        // any rounding difference).
+        EXPECT_EQ(matmul[t * kRows + r], dot(type, row, prepared[t]))
+            << "token " << t << " row " << r << ": the batched kernel rounds otherwise";
+        if (t == 0) {
+          EXPECT_NEAR(matvec[r], expected, tol) << "row " << r;
+        }
       }
     }
+    // A sub-range of rows writes only its own outputs.
+    std::vector<float> part(kRows, -7.0f);
+    matvec_rows(type, weights_.data(), stride_, prepared[0], 2, 5, part.data());
+    EXPECT_EQ(part[0], -7.0f);
+    EXPECT_EQ(part[6], -7.0f);
+    EXPECT_NEAR(part[3], matvec[3], tolerance(type, weights_.data() + 3 * stride_, xs[0]));
   }
-  // A sub-range of rows writes only its own outputs.
-  std::vector<float> part(kRows, -7.0f);
-  matvec_rows(type, weights_.data(), stride_, prepared[0], 2, 5, part.data());
-  EXPECT_EQ(part[0], -7.0f);
-  EXPECT_EQ(part[6], -7.0f);
-  EXPECT_NEAR(part[3], matvec[3], tolerance(type, weights_.data() + 3 * stride_, xs[0]));
 }
 
 TEST_P(QuantKernels, DequantizeAndAxpyMatchReference) {
@@ -344,6 +347,28 @@ TEST_P(QuantKernels, AxpyOfSeveralTokensEqualsOneTokenAtATime) {
     for (int64_t i = 0; i < kTokens * kN; ++i) {
       ASSERT_EQ(batched[i], single[i]) << "row " << r << " token " << i / kN << " element "
                                        << i % kN;
+    }
+  }
+}
+
+TEST_P(QuantKernels, AxpyOfSeveralRowsAndTokensEqualsOneAtATime) {
+  const TensorType type = param_type();
+  // Batches of up to two register groups of 8 tokens and a remainder; zeros are skipped.
+  for (const int tokens : {1, 3, 8, 11}) {
+    std::vector<float> a(static_cast<size_t>(kRows) * tokens);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = i % 5 == 1 ? 0.0f : 0.01f * (i % 13) - 0.05f;
+    std::vector<float> batched = random_floats(tokens * kN, 70 + tokens), single = batched;
+    axpy_rows_tokens(type, weights_.data(), stride_, kRows, a.data(), tokens, batched.data(), kN,
+                     kN);
+    for (int r = 0; r < kRows; ++r) {
+      for (int t = 0; t < tokens; ++t) {
+        const float at = a[r * tokens + t];
+        if (at != 0.0f) axpy_row(type, weights_.data() + r * stride_, at, single.data() + t * kN, kN);
+      }
+    }
+    for (int64_t i = 0; i < tokens * kN; ++i) {
+      ASSERT_EQ(batched[i], single[i])
+          << tokens << " tokens, token " << i / kN << " element " << i % kN;
     }
   }
 }

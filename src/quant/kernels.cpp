@@ -504,20 +504,33 @@ void matmul_quantized(const uint8_t* weights, size_t stride, const PreparedInput
     const UnpackedRows unpacked{values.get(), scales.data(), block_mins.data(), n, groups, blocks};
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kTile) {
       float* out = y + t0 * ldy + r0;
-      if (n_tokens - t0 < kTile) {
-        // The last tokens of the batch, fewer than a tile: one row and one token at a time.
+      // The last tokens of the batch, fewer than a tile, in a narrower tile (K-quants: every
+      // (row, token) sum has accumulators of its own, and the tests check the bits).
+      const auto tiles = [&](auto k_tokens) {
+        constexpr int kT = decltype(k_tokens)::value;
+        int64_t r = 0;
+        // Four rows per pass where a group is long (K-quants): more reuse of each input
+        // vector. The simple types' one-step groups spend their time on the per-group float
+        // work, for which sixteen accumulators no longer fit the registers.
+        for (; kCount == kQKK && r + 4 <= rows; r += 4) tile_dot<T, 4, kT>(unpacked, r, xs + t0, out + r, ldy);
+        for (; r + 2 <= rows; r += 2) tile_dot<T, 2, kT>(unpacked, r, xs + t0, out + r, ldy);
+        for (; r < rows; ++r) tile_dot<T, 1, kT>(unpacked, r, xs + t0, out + r, ldy);
+      };
+      static_assert(kTile == 4, "the cases below name every narrower tile");
+      if (kCount != kQKK && n_tokens - t0 < kTile) {
+        // The simple types: one row and one token at a time (their asymmetric minimums,
+        // summed in scalars, round otherwise in a narrower tile's code).
         for (int64_t t = 0; t < n_tokens - t0; ++t) {
           for (int64_t r = 0; r < rows; ++r) tile_dot<T, 1, 1>(unpacked, r, xs + t0 + t, out + t * ldy + r, ldy);
         }
         continue;
       }
-      int64_t r = 0;
-      // Four rows per pass where a group is long (K-quants): more reuse of each input vector.
-      // The simple types' one-step groups spend their time on the per-group float work, for
-      // which sixteen accumulators no longer fit the registers.
-      for (; kCount == kQKK && r + 4 <= rows; r += 4) tile_dot<T, 4>(unpacked, r, xs + t0, out + r, ldy);
-      for (; r + 2 <= rows; r += 2) tile_dot<T, 2>(unpacked, r, xs + t0, out + r, ldy);
-      for (; r < rows; ++r) tile_dot<T, 1>(unpacked, r, xs + t0, out + r, ldy);
+      switch (std::min(kTile, n_tokens - t0)) {
+        case 1: tiles(std::integral_constant<int, 1>()); break;
+        case 2: tiles(std::integral_constant<int, 2>()); break;
+        case 3: tiles(std::integral_constant<int, 3>()); break;
+        default: tiles(std::integral_constant<int, 4>()); break;
+      }
     }
   }
 }
@@ -946,6 +959,68 @@ void axpy_row_tokens_kernel(TensorType type, const void* row, const float* a, in
   }
 }
 
+namespace {
+
+// Q8_0 rows (row r at rows + r * stride) into kT tokens' sums, one vector of columns at a
+// time: the tokens' partial sums stay in registers across the rows, and each row's int8
+// values are widened once for all tokens. Per token and element the multiply-adds are
+// axpy_row's, in row order, so every token gets what one-token calls row after row give it.
+template <int kT>
+void axpy_q8_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, const float* a,
+                         int64_t n_tokens, float* y, int64_t ldy, int64_t n) {
+  using DF = hn::CappedTag<float, 16>;
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  thread_local std::vector<float> scaled;  // a[r][t] times the row's block scale
+  scaled.resize(static_cast<size_t>(n_rows) * kT);
+  const auto block = [&](int64_t r, int64_t i) {
+    return reinterpret_cast<const BlockQ8_0*>(rows + r * stride) + i;
+  };
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const float d = half_to_float(block(r, i)->d);
+      for (int t = 0; t < kT; ++t) scaled[r * kT + t] = a[r * n_tokens + t] * d;
+    }
+    for (int64_t j = 0; j < kQK; j += lanes) {
+      float* out = y + i * kQK + j;
+      hn::Vec<DF> acc[kT];
+      for (int t = 0; t < kT; ++t) acc[t] = hn::LoadU(df, out + t * ldy);
+      for (int64_t r = 0; r < n_rows; ++r) {
+        const auto w = widen_int8(df, block(r, i)->qs + j);
+        for (int t = 0; t < kT; ++t) {
+          if (a[r * n_tokens + t] == 0.0f) continue;  // under its threshold: skipped, as alone
+          acc[t] = hn::MulAdd(w, hn::Set(df, scaled[r * kT + t]), acc[t]);
+        }
+      }
+      for (int t = 0; t < kT; ++t) hn::StoreU(acc[t], df, out + t * ldy);
+    }
+  }
+}
+
+}  // namespace
+
+void axpy_rows_tokens_kernel(TensorType type, const uint8_t* rows, size_t stride, int64_t n_rows,
+                             const float* a, int64_t n_tokens, float* y, int64_t ldy, int64_t n) {
+  if (type != TensorType::Q8_0 || n % kQK != 0) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      axpy_row_tokens_kernel(type, rows + r * stride, a + r * n_tokens, n_tokens, y, ldy, n);
+    }
+    return;
+  }
+  constexpr int64_t kGroupTokens = 8;  // partial sums in registers: 8 tokens' worth
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kGroupTokens) {
+    const float* at = a + t0;
+    float* yt = y + t0 * ldy;
+    switch (std::min(kGroupTokens, n_tokens - t0)) {
+#define FLASHLM_ROWS_TOKENS(k) \
+  case k: axpy_q8_rows_tokens<k>(rows, stride, n_rows, at, n_tokens, yt, ldy, n); break;
+      FLASHLM_ROWS_TOKENS(1) FLASHLM_ROWS_TOKENS(2) FLASHLM_ROWS_TOKENS(3) FLASHLM_ROWS_TOKENS(4)
+      FLASHLM_ROWS_TOKENS(5) FLASHLM_ROWS_TOKENS(6) FLASHLM_ROWS_TOKENS(7) FLASHLM_ROWS_TOKENS(8)
+#undef FLASHLM_ROWS_TOKENS
+    }
+  }
+}
+
 float dot_f32_kernel(const float* a, const float* b, int64_t n) {
   const hn::ScalableTag<float> d;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
@@ -1002,6 +1077,7 @@ HWY_EXPORT(dequantize_row_kernel);
 HWY_EXPORT(quantize_row_kernel);
 HWY_EXPORT(axpy_row_kernel);
 HWY_EXPORT(axpy_row_tokens_kernel);
+HWY_EXPORT(axpy_rows_tokens_kernel);
 HWY_EXPORT(dot_f32_kernel);
 HWY_EXPORT(axpy_f32_kernel);
 HWY_EXPORT(scale_f32_kernel);
@@ -1070,6 +1146,11 @@ void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n) {
 void axpy_row_tokens(TensorType type, const void* row, const float* a, int64_t n_tokens, float* y,
                      int64_t ldy, int64_t n) {
   HWY_DYNAMIC_DISPATCH(axpy_row_tokens_kernel)(type, row, a, n_tokens, y, ldy, n);
+}
+
+void axpy_rows_tokens(TensorType type, const uint8_t* rows, size_t stride, int64_t n_rows,
+                      const float* a, int64_t n_tokens, float* y, int64_t ldy, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(axpy_rows_tokens_kernel)(type, rows, stride, n_rows, a, n_tokens, y, ldy, n);
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) {

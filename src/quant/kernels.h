@@ -67,6 +67,12 @@ void axpy_row(TensorType type, const void* row, float a, float* y, int64_t n);
 // each token's result bit for bit what axpy_row gives it alone (the row is decoded once).
 void axpy_row_tokens(TensorType type, const void* row, const float* a, int64_t n_tokens, float* y,
                      int64_t ldy, int64_t n);
+// Several rows at once (row r at rows + r * stride; a[r * n_tokens + t] for row r, token t):
+// y[t * ldy ..] += sum over r of a[r * n_tokens + t] * row r, each token bit for bit what
+// axpy_row calls for rows 0, 1, ... in turn give it (the sparse FFN's down projection of a run
+// of neighbouring bundles for several tokens: partial sums stay in registers over the rows).
+void axpy_rows_tokens(TensorType type, const uint8_t* rows, size_t stride, int64_t n_rows,
+                      const float* a, int64_t n_tokens, float* y, int64_t ldy, int64_t n);
 
 float dot_f32(const float* a, const float* b, int64_t n);
 // Asks the CPU to start loading [data, data + bytes) into its caches; weights streamed from

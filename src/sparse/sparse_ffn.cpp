@@ -48,11 +48,11 @@ void SparseFfn::neurons(std::span<const uint8_t* const> bundles, int64_t n_token
   // Several tokens: the gate and up rows of a run of neighbouring bundles (a layer's bundles
   // sit at a fixed stride, in the cache as in a streamed layer) go through the matrix kernel,
   // which unpacks each row once for all tokens and gives each token bit for bit what dot()
-  // gives it alone; the down row is decoded once for all tokens too.
+  // gives it alone; then the run's down rows for all tokens at once (axpy_rows_tokens).
   const int64_t d = layout_.d_model;
   const size_t stride = layout_.stride;
   std::vector<float>& h = token_activations_[thread];
-  h.resize(n_tokens);
+  h.resize(static_cast<size_t>(kRun) * n_tokens);
   std::vector<float>& up = batch_up_[thread];
   std::vector<float>& gate = batch_gate_[thread];
   up.resize(static_cast<size_t>(kRun) * n_tokens);
@@ -71,18 +71,14 @@ void SparseFfn::neurons(std::span<const uint8_t* const> bundles, int64_t n_token
                   n_tokens, 0, run, gate.data(), run);
     }
     for (int64_t r = 0; r < run; ++r) {
-      bool any = false;
       for (int64_t t = 0; t < n_tokens; ++t) {
         const float a = layout_.gated ? activate(activation_, gate[t * run + r]) * up[t * run + r]
                                       : activate(activation_, up[t * run + r]);
-        h[t] = std::abs(a) > threshold ? a : 0.0f;
-        any |= h[t] != 0.0f;
-      }
-      if (any) {
-        axpy_row_tokens(layout_.down_type, bundles[i + r] + layout_.down_offset(), h.data(),
-                        n_tokens, acc, d, d);
+        h[r * n_tokens + t] = std::abs(a) > threshold ? a : 0.0f;
       }
     }
+    axpy_rows_tokens(layout_.down_type, first + layout_.down_offset(), stride, run, h.data(),
+                     n_tokens, acc, d, d);
     i += run;
   }
 }
