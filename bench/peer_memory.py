@@ -35,17 +35,21 @@ def drop_page_cache():
     Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
-def in_cgroup(command, limit):
+def in_cgroup(command, limit, timeout=None):
     """Runs `command` inside a fresh memory cgroup (limit in bytes, 0: none), cold page
-    cache; returns (stdout, peak bytes, oom kills, exit code)."""
+    cache; returns (stdout, peak bytes, oom kills, exit code, stderr). Past `timeout`
+    seconds the command is killed and the exit code is None."""
     group = CGROUP_ROOT / f"flashlm-peer-{os.getpid()}"
     group.mkdir()
     try:
         if limit:
             (group / "memory.limit_in_bytes").write_text(str(limit))
         drop_page_cache()
-        done = subprocess.run(command, capture_output=True, text=True,
-                              preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
+        except subprocess.TimeoutExpired as e:
+            done = subprocess.CompletedProcess(command, None, e.stdout or "", e.stderr or "")
         peak = int((group / "memory.max_usage_in_bytes").read_text())
         oom = (group / "memory.oom_control").read_text()
         kills = int(oom.split("oom_kill ")[1].split()[0]) if "oom_kill " in oom else 0
