@@ -49,7 +49,7 @@ class SparseFfn {
   ThreadPool& pool_;
   std::vector<PreparedInput> gate_inputs_, up_inputs_;
   std::vector<std::vector<float>> accumulators_;           // one n_tokens x d_model sum per slice
-  std::vector<std::vector<float>> token_activations_;      // one n_tokens buffer per thread
+  std::vector<std::vector<float>> token_activations_;      // kRun x n_tokens per thread
   std::vector<std::vector<float>> batch_gate_, batch_up_;  // kRun x n_tokens per thread
 };
 
