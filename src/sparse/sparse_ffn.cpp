@@ -37,12 +37,6 @@ float SparseFfn::activation(const uint8_t* bundle, int64_t token) const {
          up;
 }
 
-void SparseFfn::neuron(const uint8_t* bundle, float threshold, float* acc) {
-  const float a = activation(bundle, 0);
-  if (std::abs(a) > threshold)
-    axpy_row(layout_.down_type, bundle + layout_.down_offset(), a, acc, layout_.d_model);
-}
-
 void SparseFfn::neurons(std::span<const uint8_t* const> bundles, int64_t n_tokens, float threshold,
                         float* acc, int thread) {
   // Several tokens: the gate and up rows of a run of neighbouring bundles (a layer's bundles
@@ -63,6 +57,19 @@ void SparseFfn::neurons(std::span<const uint8_t* const> bundles, int64_t n_token
     int64_t run = 1;
     while (run < kRun && i + run < n && bundles[i + run] == bundles[i] + run * stride) ++run;
     const uint8_t* first = bundles[i];
+    if (n_tokens == 1) {
+      // One token: the dot kernels straight from the bundles (nothing to share an unpacked
+      // row with), then the run's down rows with the sum in registers.
+      for (int64_t r = 0; r < run; ++r) {
+        if (i + r + 1 < n) prefetch(bundles[i + r + 1], stride);
+        const float a = activation(bundles[i + r], 0);
+        h[r] = std::abs(a) > threshold ? a : 0.0f;
+      }
+      axpy_rows_tokens(layout_.down_type, first + layout_.down_offset(), stride, run, h.data(), 1,
+                       acc, d, d);
+      i += run;
+      continue;
+    }
     if (i + run < n) prefetch(bundles[i + run], stride);
     matmul_rows(layout_.up_type, first + layout_.up_offset(), stride, up_inputs_.data(), n_tokens,
                 0, run, up.data(), run);
@@ -101,16 +108,7 @@ void SparseFfn::forward(std::span<const uint8_t* const> bundles, const float* x,
     for (int64_t s = first; s < last; ++s) {
       float* acc = accumulators_[s].data();
       const int64_t begin = n * s / slices, end = n * (s + 1) / slices;
-      if (n_tokens > 1) {
-        neurons(bundles.subspan(begin, end - begin), n_tokens, threshold, acc, thread);
-        continue;
-      }
-      for (int64_t i = begin; i < end; ++i) {
-        // Bundles come from reads just landed in DRAM or from a cache larger than the CPU's:
-        // ask for the next one while this one is computed.
-        if (i + 1 < end) prefetch(bundles[i + 1], layout_.stride);
-        neuron(bundles[i], threshold, acc);
-      }
+      neurons(bundles.subspan(begin, end - begin), n_tokens, threshold, acc, thread);
     }
   });
   std::fill_n(out, n_tokens * d, 0.0f);

@@ -38,7 +38,6 @@ class SparseFfn {
  private:
   void prepare(const float* x, int64_t n_tokens);
   float activation(const uint8_t* bundle, int64_t token) const;
-  void neuron(const uint8_t* bundle, float threshold, float* acc);  // one token
   void neurons(std::span<const uint8_t* const> bundles, int64_t n_tokens, float threshold,
                float* acc, int thread);
 
