@@ -983,16 +983,29 @@ void axpy_q8_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, con
     }
     for (int64_t j = 0; j < kQK; j += lanes) {
       float* out = y + i * kQK + j;
-      hn::Vec<DF> acc[kT];
-      for (int t = 0; t < kT; ++t) acc[t] = hn::LoadU(df, out + t * ldy);
+      // One named accumulator per token (sizeless SVE vectors cannot form an array).
+#define FLASHLM_EACH_TOKEN(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define FLASHLM_LOAD(t) \
+  [[maybe_unused]] auto acc##t = t < kT ? hn::LoadU(df, out + t * ldy) : hn::Zero(df);
+      FLASHLM_EACH_TOKEN(FLASHLM_LOAD)
       for (int64_t r = 0; r < n_rows; ++r) {
         const auto w = widen_int8(df, block(r, i)->qs + j);
-        for (int t = 0; t < kT; ++t) {
-          if (a[r * n_tokens + t] == 0.0f) continue;  // under its threshold: skipped, as alone
-          acc[t] = hn::MulAdd(w, hn::Set(df, scaled[r * kT + t]), acc[t]);
-        }
+        // A token whose a is 0 (under its threshold) is skipped, as axpy_row skips it alone.
+#define FLASHLM_ADD(t)                                                          \
+  if constexpr (t < kT) {                                                       \
+    if (a[r * n_tokens + t] != 0.0f) {                                          \
+      acc##t = hn::MulAdd(w, hn::Set(df, scaled[r * kT + t]), acc##t);         \
+    }                                                                           \
+  }
+        FLASHLM_EACH_TOKEN(FLASHLM_ADD)
       }
-      for (int t = 0; t < kT; ++t) hn::StoreU(acc[t], df, out + t * ldy);
+#define FLASHLM_STORE(t) \
+  if constexpr (t < kT) hn::StoreU(acc##t, df, out + t * ldy);
+      FLASHLM_EACH_TOKEN(FLASHLM_STORE)
+#undef FLASHLM_STORE
+#undef FLASHLM_ADD
+#undef FLASHLM_LOAD
+#undef FLASHLM_EACH_TOKEN
     }
   }
 }
