@@ -39,13 +39,19 @@ def test_self_drafts_give_plain_decodings_text_and_need_a_resident_part(tmp_path
     flm = tmp_path / "smollm2.flm"
     flashlm("convert", "-m", GGUF, "-o", flm)
     run = ["run", "-m", flm, *RUN[3:], "--mode", "hybrid"]
-    # The least hybrid needs (the process itself is measured: larger under a sanitizer), from
-    # its refusal of too little, and some 24 MiB of the FFN's 56 resident beyond it.
+    # The least hybrid needs (the process itself is measured: larger under a sanitizer, and
+    # from run to run by up to tens of MiB there), from its refusal of too little, and part of
+    # the FFN's 56 MiB resident beyond it: a budget that leaves none resident in this run (its
+    # refusal names it) is raised and tried again.
     r = flashlm(*run, "--mem-budget", "20M", check=False)
     least = float(re.search(r"needs at least ([0-9.]+) MiB", r.stderr).group(1))
-    run += ["--mem-budget", f"{int(least) + 24}M"]
-    plain = flashlm(*run)
-    drafted = flashlm(*run, "--draft", "self", "--draft-p-min", 0)
+    for extra in (24, 36, 48):
+        budget = ["--mem-budget", f"{int(least) + extra}M"]
+        drafted = flashlm(*run, *budget, "--draft", "self", "--draft-p-min", 0, check=False)
+        if "this plan keeps none" not in drafted.stderr:
+            break
+    assert drafted.returncode == 0, drafted.stderr[-2000:]
+    plain = flashlm(*run, *budget)
     assert drafted.stdout == plain.stdout
     assert "draft self:" in drafted.stderr and "tokens per pass" in drafted.stderr
     r = flashlm(*RUN, "--draft", "self", check=False)  # a GGUF: all of it in DRAM
