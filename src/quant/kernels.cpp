@@ -885,6 +885,10 @@ void axpy_row_kernel(TensorType type, const void* row, float a, float* y, int64_
 
 void axpy_row_tokens_kernel(TensorType type, const void* row, const float* a, int64_t n_tokens,
                             float* y, int64_t ldy, int64_t n) {
+  if (n_tokens == 1) {  // nothing to share a decoded row with: axpy_row's fused decode
+    if (a[0] != 0.0f) axpy_row_kernel(type, row, a[0], y, n);
+    return;
+  }
   if (type == TensorType::F32 || type == TensorType::F16) {
     for (int64_t t = 0; t < n_tokens; ++t) {
       if (a[t] != 0.0f) axpy_row_kernel(type, row, a[t], y + t * ldy, n);

@@ -29,12 +29,14 @@ void SparseFfn::prepare(const float* x, int64_t n_tokens) {
   }
 }
 
+float SparseFfn::combine(float gate, float up) const {
+  return layout_.gated ? activate(activation_, gate) * up : activate(activation_, up);
+}
+
 float SparseFfn::activation(const uint8_t* bundle, int64_t token) const {
   const float up = dot(layout_.up_type, bundle + layout_.up_offset(), up_inputs_[token]);
-  if (!layout_.gated) return activate(activation_, up);
-  return activate(activation_,
-                  dot(layout_.gate_type, bundle + layout_.gate_offset(), gate_inputs_[token])) *
-         up;
+  if (!layout_.gated) return combine(0.0f, up);
+  return combine(dot(layout_.gate_type, bundle + layout_.gate_offset(), gate_inputs_[token]), up);
 }
 
 void SparseFfn::neurons(std::span<const uint8_t* const> bundles, int64_t n_tokens, float threshold,
@@ -59,31 +61,28 @@ void SparseFfn::neurons(std::span<const uint8_t* const> bundles, int64_t n_token
     const uint8_t* first = bundles[i];
     if (n_tokens == 1) {
       // One token: the dot kernels straight from the bundles (nothing to share an unpacked
-      // row with), then the run's down rows with the sum in registers.
+      // row with).
       for (int64_t r = 0; r < run; ++r) {
         if (i + r + 1 < n) prefetch(bundles[i + r + 1], stride);
         const float a = activation(bundles[i + r], 0);
         h[r] = std::abs(a) > threshold ? a : 0.0f;
       }
-      axpy_rows_tokens(layout_.down_type, first + layout_.down_offset(), stride, run, h.data(), 1,
-                       acc, d, d);
-      i += run;
-      continue;
-    }
-    if (i + run < n) prefetch(bundles[i + run], stride);
-    matmul_rows(layout_.up_type, first + layout_.up_offset(), stride, up_inputs_.data(), n_tokens,
-                0, run, up.data(), run);
-    if (layout_.gated) {
-      matmul_rows(layout_.gate_type, first + layout_.gate_offset(), stride, gate_inputs_.data(),
-                  n_tokens, 0, run, gate.data(), run);
-    }
-    for (int64_t r = 0; r < run; ++r) {
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        const float a = layout_.gated ? activate(activation_, gate[t * run + r]) * up[t * run + r]
-                                      : activate(activation_, up[t * run + r]);
-        h[r * n_tokens + t] = std::abs(a) > threshold ? a : 0.0f;
+    } else {
+      if (i + run < n) prefetch(bundles[i + run], stride);
+      matmul_rows(layout_.up_type, first + layout_.up_offset(), stride, up_inputs_.data(),
+                  n_tokens, 0, run, up.data(), run);
+      if (layout_.gated) {
+        matmul_rows(layout_.gate_type, first + layout_.gate_offset(), stride,
+                    gate_inputs_.data(), n_tokens, 0, run, gate.data(), run);
+      }
+      for (int64_t r = 0; r < run; ++r) {
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          const float a = combine(layout_.gated ? gate[t * run + r] : 0.0f, up[t * run + r]);
+          h[r * n_tokens + t] = std::abs(a) > threshold ? a : 0.0f;
+        }
       }
     }
+    // The run's down rows, every token's sum held in registers across them.
     axpy_rows_tokens(layout_.down_type, first + layout_.down_offset(), stride, run, h.data(),
                      n_tokens, acc, d, d);
     i += run;

@@ -38,6 +38,8 @@ class SparseFfn {
  private:
   void prepare(const float* x, int64_t n_tokens);
   float activation(const uint8_t* bundle, int64_t token) const;
+  // h from the gate and up dot products: act(gate) * up, or act(up) when not gated.
+  float combine(float gate, float up) const;
   void neurons(std::span<const uint8_t* const> bundles, int64_t n_tokens, float threshold,
                float* acc, int thread);
 
