@@ -8,6 +8,10 @@ whole process (issue 12's targets), side by side in alternating rounds:
 - flashlm streamed sparse with each draft source given (`--draft self`, ...), same limit;
 - flashlm dense (the .flm's bundles, and the GGUF itself) and llama.cpp with everything in
   DRAM (no limit): the speed to approach.
+- more .flm files after the first (`--flm A.flm B.flm`: other `--down-type`s or neuron
+  orders): their streamed sparse and drafted rows in the same limit and rounds, each checked
+  against the dense tokens of its own file (fewer bytes per pass cost perplexity: measure it
+  with `flashlm perplexity`).
 
 The limit is a share of the GGUF's bytes (50%: 532.8 MiB for Qwen2.5-Coder-1.5B) and is both
 llama.cpp's cgroup limit and flashlm's --mem-budget (which then covers weights, KV cache,
@@ -72,7 +76,10 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flashlm", default=str(ROOT / "build" / "flashlm"))
     ap.add_argument("--gguf", required=True)
-    ap.add_argument("--flm", required=True)
+    ap.add_argument("--flm", required=True, nargs="+",
+                    help="the .flm to measure; more files (other --down-type or neuron order) "
+                         "add their own sparse and drafted rows in the same rounds, each checked "
+                         "against its own dense tokens")
     ap.add_argument("--texts", nargs="+", default=[str(ROOT / "data" / "text" / "eval.txt")])
     ap.add_argument("--percent", type=float, default=50)
     ap.add_argument("--drafts", nargs="*", default=["self"],
@@ -91,10 +98,12 @@ def main():
     limit = int(args.percent / 100 * Path(args.gguf).stat().st_size)
     mib = lambda b: b / 2**20
     rows = {}  # (text, name) -> list of {"ms", "tpp", "tokens", "peak"}
+    refs = {}  # name -> the row whose tokens are its quality reference (flashlm dense, same file)
     failures = {}  # text -> why llama.cpp gave no figure in the limit, each such round
 
-    def add(text, name, ms, tokens, peak=0, tpp=1.0):
+    def add(text, name, ms, tokens, peak=0, tpp=1.0, ref="flashlm dense in DRAM"):
         rows.setdefault((text, name), []).append(dict(ms=ms, tokens=tokens, peak=peak, tpp=tpp))
+        refs[name] = ref
 
     for k in range(args.rounds):
         for text in args.texts:
@@ -105,16 +114,30 @@ def main():
                 print(f"llama.cpp in the {mib(limit):.1f} MiB limit, {Path(text).name}: {ll}",
                       file=sys.stderr)
                 failures.setdefault(text, []).append(ll)
-            plain = flashlm(args, text, limit, "dense,naive,sparse" if k == 0 else "naive,sparse", "none")
+            plain = flashlm(args, text, limit, "dense,naive,sparse" if k == 0 else "naive,sparse",
+                            "none", model=args.flm[0])
             if "dense" in plain:
                 add(text, "flashlm dense in DRAM", plain["dense"]["ms_total"], plain["dense"]["tokens"])
             for mode in ("naive", "sparse"):
                 r = plain[mode]
                 add(text, f"flashlm {mode}", r["ms_total"], r["tokens"], r["cgroup_peak_bytes"])
             for d in args.drafts:
-                r = flashlm(args, text, limit, "sparse", d)["sparse"]
+                r = flashlm(args, text, limit, "sparse", d, model=args.flm[0])["sparse"]
                 add(text, f"flashlm sparse --draft {d}", r["ms_total"], r["tokens"],
                     r["cgroup_peak_bytes"], r["tokens_per_pass"])
+            for other in args.flm[1:]:
+                name = Path(other).name
+                dense = f"flashlm dense in DRAM ({name})"
+                p = flashlm(args, text, limit, "dense,sparse" if k == 0 else "sparse", "none",
+                            model=other)
+                if "dense" in p:
+                    add(text, dense, p["dense"]["ms_total"], p["dense"]["tokens"], ref=dense)
+                add(text, f"flashlm sparse ({name})", p["sparse"]["ms_total"],
+                    p["sparse"]["tokens"], p["sparse"]["cgroup_peak_bytes"], ref=dense)
+                for d in args.drafts:
+                    r = flashlm(args, text, limit, "sparse", d, model=other)["sparse"]
+                    add(text, f"flashlm sparse --draft {d} ({name})", r["ms_total"], r["tokens"],
+                        r["cgroup_peak_bytes"], r["tokens_per_pass"], ref=dense)
             if k == 0:
                 # Plain dense decoding of the GGUF itself (its own row layout, no bundles): the
                 # fastest flashlm decodes with everything in DRAM.
@@ -129,7 +152,7 @@ def main():
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), "?")
-    print(f"\n{Path(args.gguf).name} / {Path(args.flm).name}, limit {args.percent:g}% of the GGUF "
+    print(f"\n{Path(args.gguf).name} / {', '.join(Path(f).name for f in args.flm)}, limit {args.percent:g}% of the GGUF "
           f"= {mib(limit):.1f} MiB (cgroup for every limited row, flashlm's --mem-budget), "
           f"{os.cpu_count()} cores ({cpu}), {time.strftime('%Y-%m-%d')}; prompt {args.n_prompt} "
           f"tokens, {args.n_gen} greedy tokens, {args.threads} threads, medians of {args.rounds} "
@@ -137,7 +160,6 @@ def main():
     med = lambda xs: statistics.median(xs)
     ratio = lambda a, b: "-" if a != a else f"{a / b:.2f}x"  # a NaN: no figure to compare
     for text in args.texts:
-        dense = rows[(text, "flashlm dense in DRAM")][0]["tokens"]  # the .flm's numerics
         ref = {n: med([r["ms"] for r in v]) for (t, n), v in rows.items() if t == text}
         plain = "flashlm dense in DRAM, the GGUF"
         ref.setdefault("llama.cpp (mmap)", float("nan"))
@@ -146,12 +168,13 @@ def main():
         print(f"{Path(text).name}:\n")
         print("| engine / mode | ms/token (rounds) | tokens/pass | vs naive | vs llama.cpp in the "
               "limit | vs plain dense decoding in DRAM (the GGUF) | peak MiB | tokens = flashlm "
-              "dense's (.flm) |")
+              "dense's (same .flm) |")
         print("|---|---|---|---|---|---|---|---|")
         for (t, name), v in rows.items():
             if t != text:
                 continue
             ms = ref[name]
+            dense = rows[(text, refs[name])][0]["tokens"]  # flashlm dense of the same file
             same = [sum(a == b for a, b in zip(r["tokens"], dense)) for r in v]
             prefix = [next((i for i, (a, b) in enumerate(zip(r["tokens"], dense)) if a != b),
                            len(dense)) for r in v]

@@ -55,13 +55,16 @@ TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
     for (const SamplingParams sampling :
          {SamplingParams{.temperature = 0}, SamplingParams{.temperature = 0.9f, .seed = 3}}) {
       const Generated plain = generate_tokens(engine, kPrompt, 40, sampling, nullptr);
-      for (int width : {1, 3}) {  // a chain, and a tree of three candidates at the first position
-        SelfDrafter self(engine.transformer(), /*p_min=*/0.0f, /*vocab_rows=*/0, width);
+      // A chain; a tree of three candidates at the first position; and that with one and two
+      // runners-up beside every later position of the chain (side leaves).
+      for (const auto& [width, side] : {std::pair{1, 0}, {3, 0}, {3, 1}, {2, 2}}) {
+        SelfDrafter self(engine.transformer(), /*p_min=*/0.0f, /*vocab_rows=*/0, width, side);
         EXPECT_EQ(self.name(), "self");
         const Generated spec = generate_tokens(engine, kPrompt, 40, sampling, &self);
         EXPECT_EQ(spec.tokens, plain.tokens)
-            << mode << " temperature " << sampling.temperature << " width " << width;
-        EXPECT_EQ(spec.n_past, plain.n_past) << mode << " width " << width;
+            << mode << " temperature " << sampling.temperature << " width " << width
+            << " side " << side;
+        EXPECT_EQ(spec.n_past, plain.n_past) << mode << " width " << width << " side " << side;
         EXPECT_GT(spec.stats.drafted_tokens, 0) << mode;
         if (width == 3) {
           // Trees were drafted: the runners-up follow the chain, each after the first token.
@@ -77,6 +80,28 @@ TEST(SelfDrafter, StreamedAndHybridEqualPlainDecoding) {
           EXPECT_NE(tree.tokens[5], tree.tokens[0]);
           EXPECT_EQ(engine.transformer().n_past(), static_cast<int>(context.size()) - 1);
           EXPECT_EQ(self.draft_tree(context, 4, 4).tokens.size(), 4u);  // no room: a chain
+        }
+        if (side > 0) {
+          // Leaves after the chain, shallowest first: width - 1 after the step's token (-1),
+          // then `side` after each chain token but the last, each differing from the chain's
+          // token at its position; cut to the room given.
+          const std::vector<int32_t> context(kPrompt.begin(), kPrompt.end());
+          engine.transformer().truncate(0);
+          engine.transformer().forward(std::span(context).first(context.size() - 1));
+          const DraftTree tree = self.draft_tree(context, 4, 20);
+          std::vector<int32_t> parents = {-1, 0, 1, 2};
+          for (int w = 1; w < width; ++w) parents.push_back(-1);
+          for (int p = 0; p < 3; ++p) {
+            for (int k = 0; k < side; ++k) parents.push_back(p);
+          }
+          EXPECT_EQ(tree.parents, parents) << "width " << width << " side " << side;
+          EXPECT_EQ(tree.chain_length(), 4);
+          for (size_t i = 4; i < tree.tokens.size(); ++i) {
+            EXPECT_NE(tree.tokens[i], tree.tokens[tree.parents[i] + 1]) << i;
+          }
+          const DraftTree cut = self.draft_tree(context, 4, 7);
+          EXPECT_EQ(cut.tokens, std::vector<int32_t>(tree.tokens.begin(), tree.tokens.begin() + 7));
+          EXPECT_EQ(engine.transformer().n_past(), static_cast<int>(context.size()) - 1);
         }
       }
     }

@@ -32,6 +32,7 @@ struct CommonOptions {
   // probabilities from a fraction of the FFN understate how often its top token is right.
   float draft_p_min = -1.0f;
   int draft_width = 3;  // --draft self: candidates for the first drafted position (a tree)
+  int draft_side = 1;   // --draft self: runners-up at each later position, leaves of the tree
   int draft_vocab = 32768;  // --draft self: the token ids below this are drafted (0: all)
   void add_draft(CLI::App& cmd);
   // The draft model's file (-md, or --draft given a file); empty when none is given.

@@ -140,6 +140,12 @@ void CommonOptions::add_draft(CLI::App& cmd) {
                  "1 = a chain")
       ->check(CLI::Range(1, 8))
       ->capture_default_str();
+  cmd.add_option("--draft-side", draft_side,
+                 "--draft self: runners-up drafted at each position after the first, verified "
+                 "as leaves beside the chain in the same pass (they cost no draft pass, only "
+                 "compute in the verifying one); 0 = none")
+      ->check(CLI::Range(0, 4))
+      ->capture_default_str();
   cmd.add_option("--draft-vocab", draft_vocab,
                  "--draft self: draft only the token ids below N, whose rows of the output head "
                  "alone are computed in a draft (BPE vocabularies put the most frequent tokens "
@@ -169,7 +175,7 @@ std::unique_ptr<Drafter> CommonOptions::build_drafter(Engine& target,
   if (draft == "self") {
     return std::make_unique<SelfDrafter>(target.transformer(),
                                          draft_p_min >= 0 ? draft_p_min : 0.0f, draft_vocab,
-                                         draft_width);
+                                         draft_width, draft_side);
   }
   if (!draft_loaded) return make_drafter(draft);
   return std::make_unique<ModelDrafter>(std::move(draft_loaded), target.model(), target.pool(),
@@ -205,6 +211,8 @@ EngineOptions CommonOptions::engine_options(const Model* draft_model_loaded) con
   if (draft != "none" || !draft_model.empty()) {
     o.all_logits = true;
     o.logit_rows = draft_max + 1;
+    // --draft self's tree: the runners-up beside the chain, verified in the same pass.
+    if (draft == "self") o.logit_rows += (draft_width - 1) + draft_side * (draft_max - 1);
   }
   if (draft_model_loaded) o.draft_model_bytes = draft_model_bytes(*draft_model_loaded, o);
   o.io_backend = io == "uring" ? IoBackend::IoUring : io == "pread" ? IoBackend::Pread : IoBackend::Auto;

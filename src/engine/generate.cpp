@@ -67,11 +67,14 @@ GenerationStats generate(Transformer& transformer, Sampler& sampler, const Token
       double draft_seconds = 0;
       if (drafter) {
         context.push_back(token);
-        const int room = std::min({draft_max, max_tokens - stats.generated_tokens - 1,
-                                   transformer.context_size() - transformer.n_past() - 1});
+        // The chain stops at the token limit; leaves beside it may use every row of logits
+        // the transformer keeps (and of the context).
+        const int context_room = transformer.context_size() - transformer.n_past() - 1;
+        const int room = std::min({draft_max, max_tokens - stats.generated_tokens - 1, context_room});
         asked = std::min(draft_length.next(), room);
         const auto draft_start = Clock::now();
-        const DraftTree guess = drafter->draft_tree(context, asked, room);
+        const DraftTree guess = drafter->draft_tree(
+            context, asked, std::min(transformer.kept_logit_rows() - 1, context_room));
         draft_seconds = seconds_since(draft_start);
         stats.draft_seconds += draft_seconds;
         step.insert(step.end(), guess.tokens.begin(), guess.tokens.end());

@@ -26,8 +26,12 @@ std::string self_draft_refusal(const Transformer& target) {
   return {};
 }
 
-SelfDrafter::SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows, int width)
-    : target_(target), p_min_(p_min), vocab_rows_(vocab_rows), width_(std::max(width, 1)) {
+SelfDrafter::SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows, int width, int side)
+    : target_(target),
+      p_min_(p_min),
+      vocab_rows_(vocab_rows),
+      width_(std::max(width, 1)),
+      side_(std::max(side, 0)) {
   if (const std::string why = self_draft_refusal(target); !why.empty()) fail("{}", why);
 }
 
@@ -42,19 +46,25 @@ DraftTree SelfDrafter::draft_tree(std::span<const int32_t> context, int max_toke
   const int base = target_.n_past();
   if (base >= static_cast<int>(context.size())) return tree;  // nothing to continue from
   const int room = target_.context_size() - static_cast<int>(context.size());
-  max_tokens = std::min({max_tokens, max_total, room});
+  max_total = std::min(max_total, room);
+  max_tokens = std::min(max_tokens, max_total);
   if (max_tokens <= 0) return tree;
-  std::vector<int32_t> alternatives;
+  // Leaves beside the chain: the draft's runners-up at each position it drafts, as
+  // (token, parent) with parent -1 for the first position (width - 1 of them) and the chain's
+  // token before it at the others (side_ each). They cost no draft pass: the same logits.
+  std::vector<std::pair<int32_t, int32_t>> leaves;
   try {
     // The unfed tail of the context (one token in generate()), then each draft in turn.
     std::span<const float> logits = target_.forward_resident(context.subspan(base), vocab_rows_);
-    // The runners-up for the first position, verified beside the chain (width - 1 of them).
-    const int others = std::min(width_ - 1, std::min(max_total, room) - 1);
-    if (others > 0) alternatives = runners_up(logits, others);
     for (;;) {
       const TopToken top = top_token(logits);
       if (top.probability < p_min_) break;
-      tree.parents.push_back(static_cast<int32_t>(tree.tokens.size()) - 1);
+      const int32_t parent = static_cast<int32_t>(tree.tokens.size()) - 1;
+      const int others = parent < 0 ? width_ - 1 : side_;
+      if (others > 0) {
+        for (int32_t t : runners_up(logits, others)) leaves.emplace_back(t, parent);
+      }
+      tree.parents.push_back(parent);
       tree.tokens.push_back(top.token);
       if (static_cast<int>(tree.tokens.size()) == max_tokens) break;
       logits = target_.forward_resident(std::span(&top.token, 1), vocab_rows_);
@@ -64,12 +74,12 @@ DraftTree SelfDrafter::draft_tree(std::span<const int32_t> context, int max_toke
     throw;
   }
   target_.truncate(base);
-  if (tree.tokens.empty()) return tree;  // not sure of the first: no alternatives either
-  const int fit = std::min<int>(static_cast<int>(alternatives.size()),
-                                std::min(max_total, room) - static_cast<int>(tree.tokens.size()));
+  // The shallower leaves first (they are reached more often), as many as fit.
+  const int fit = std::min<int>(static_cast<int>(leaves.size()),
+                                max_total - static_cast<int>(tree.tokens.size()));
   for (int a = 0; a < fit; ++a) {
-    tree.tokens.push_back(alternatives[a]);
-    tree.parents.push_back(-1);
+    tree.tokens.push_back(leaves[a].first);
+    tree.parents.push_back(leaves[a].second);
   }
   return tree;
 }

@@ -22,8 +22,10 @@ class SelfDrafter : public Drafter {
   // With vocab_rows > 0 the drafts compute the output head's first vocab_rows rows only, and
   // draft only those token ids (--draft-vocab): the head is most of a draft pass's arithmetic.
   // `width` > 1: a draft tree, the width - 1 runners-up for the first position verified beside
-  // the chain of the best one (--draft-width); 1: a chain.
-  SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows = 0, int width = 1);
+  // the chain of the best one (--draft-width); 1: a chain. `side` > 0: as many runners-up
+  // at each later drafted position, as leaves beside the chain (--draft-side).
+  SelfDrafter(Transformer& target, float p_min, int64_t vocab_rows = 0, int width = 1,
+              int side = 0);
 
   // `context` continues what the target's KV cache holds (generate() calls it with the
   // verified tokens in the cache and the last sampled one not yet fed).
@@ -39,6 +41,7 @@ class SelfDrafter : public Drafter {
   float p_min_;
   int64_t vocab_rows_;
   int width_;
+  int side_;
 };
 
 // Why `target` cannot draft for itself (every neuron in DRAM, or none), or empty when it can.
