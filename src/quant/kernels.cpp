@@ -719,23 +719,30 @@ namespace {
 // Every group of a row unpacked as the dot kernels unpack it, then d * w + block minimum in
 // float lanes: value i of a group is d * w[i] + block_min[i / 32] (see "Unpacking"). Calls
 // use(k, v) with the vector v of values k .. k + Lanes(df) - 1, in order.
+// Group g alone: use(i, v) with the values i .. i + Lanes(df) - 1 of the group.
 template <TensorType T, class DF, class Use>
-HWY_INLINE void for_each_value(DF df, const uint8_t* row, int64_t n, Use use) {
+HWY_INLINE void for_group_values(DF df, const uint8_t* row, int64_t g, Use use) {
   constexpr int64_t kCount = kGroup<T>;
   alignas(64) int16_t w[kCount];
   float block_min[kCount / kQK] = {};
   const hn::Rebind<int16_t, DF> d16;
   const hn::Rebind<int32_t, DF> d32;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  for (int64_t g = 0; g < n / kCount; ++g) {
-    const auto vd = hn::Set(df, unpack_group<T>(row, g, w, block_min));
-    for (int64_t b = 0; b < kCount / kQK; ++b) {
-      const auto vm = hn::Set(df, is_asymmetric(T) ? block_min[b] : 0.0f);
-      for (int64_t i = b * kQK; i < (b + 1) * kQK; i += lanes) {
-        const auto v = hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d16, w + i)));
-        use(g * kCount + i, hn::MulAdd(v, vd, vm));
-      }
+  const auto vd = hn::Set(df, unpack_group<T>(row, g, w, block_min));
+  for (int64_t b = 0; b < kCount / kQK; ++b) {
+    const auto vm = hn::Set(df, is_asymmetric(T) ? block_min[b] : 0.0f);
+    for (int64_t i = b * kQK; i < (b + 1) * kQK; i += lanes) {
+      const auto v = hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d16, w + i)));
+      use(i, hn::MulAdd(v, vd, vm));
     }
+  }
+}
+
+template <TensorType T, class DF, class Use>
+HWY_INLINE void for_each_value(DF df, const uint8_t* row, int64_t n, Use use) {
+  constexpr int64_t kCount = kGroup<T>;
+  for (int64_t g = 0; g < n / kCount; ++g) {
+    for_group_values<T>(df, row, g, [&](int64_t i, auto v) { use(g * kCount + i, v); });
   }
 }
 
@@ -1014,17 +1021,97 @@ void axpy_q8_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, con
   }
 }
 
+// Decoded rows (row r's `count` values at values + r * count) into kT tokens' sums over those
+// columns, one vector at a time, the partial sums in registers across the rows: per token and
+// element axpy_groups's multiply-adds (y + a * v), in row order.
+template <int kT>
+void axpy_decoded_rows_tokens(const float* values, int64_t count, int64_t n_rows, const float* a,
+                              int64_t n_tokens, float* y, int64_t ldy) {
+  using DF = hn::CappedTag<float, 16>;
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t j = 0; j < count; j += lanes) {
+    float* out = y + j;
+#define FLASHLM_EACH_TOKEN(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define FLASHLM_LOAD(t) \
+  [[maybe_unused]] auto acc##t = t < kT ? hn::LoadU(df, out + t * ldy) : hn::Zero(df);
+    FLASHLM_EACH_TOKEN(FLASHLM_LOAD)
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const auto v = hn::Load(df, values + r * count + j);
+#define FLASHLM_ADD(t)                                                        \
+  if constexpr (t < kT) {                                                     \
+    if (a[r * n_tokens + t] != 0.0f) {                                        \
+      acc##t = hn::MulAdd(hn::Set(df, a[r * n_tokens + t]), v, acc##t);      \
+    }                                                                         \
+  }
+      FLASHLM_EACH_TOKEN(FLASHLM_ADD)
+    }
+#define FLASHLM_STORE(t) \
+  if constexpr (t < kT) hn::StoreU(acc##t, df, out + t * ldy);
+    FLASHLM_EACH_TOKEN(FLASHLM_STORE)
+#undef FLASHLM_STORE
+#undef FLASHLM_ADD
+#undef FLASHLM_LOAD
+#undef FLASHLM_EACH_TOKEN
+  }
+}
+
+constexpr int64_t kGroupTokens = 8;  // partial sums in registers: 8 tokens' worth
+
+// The 4-6-bit down types (`convert --down-type`): group by group (256 columns of a K-quant,
+// 32 of the simple types), each row's group decoded once into a small buffer (as axpy_groups
+// decodes it), then every token's sums over those columns in registers across the rows. One
+// token included: the sum is loaded and stored once per run of rows instead of once a row.
+template <TensorType T>
+void axpy_group_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, const float* a,
+                            int64_t n_tokens, float* y, int64_t ldy, int64_t n) {
+  constexpr int64_t kCount = kGroup<T>;
+  // 16 lanes where the target has them (the values are element for element axpy_groups's,
+  // whatever the width: a conversion and one multiply-add each).
+  const hn::CappedTag<float, 16> df;
+  thread_local hwy::AlignedFreeUniquePtr<float[]> values;
+  thread_local int64_t capacity = 0;
+  if (capacity < n_rows * kCount) {
+    values = hwy::AllocateAligned<float>(static_cast<size_t>(n_rows * kCount));
+    capacity = n_rows * kCount;
+  }
+  for (int64_t g = 0; g < n / kCount; ++g) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      float* out = values.get() + r * kCount;
+      for_group_values<T>(df, rows + r * stride, g,
+                          [&](int64_t i, auto v) { hn::Store(v, df, out + i); });
+    }
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kGroupTokens) {
+      const float* at = a + t0;
+      float* yt = y + t0 * ldy + g * kCount;
+      switch (std::min(kGroupTokens, n_tokens - t0)) {
+#define FLASHLM_DECODED(k)                                                              \
+  case k:                                                                               \
+    axpy_decoded_rows_tokens<k>(values.get(), kCount, n_rows, at, n_tokens, yt, ldy);   \
+    break;
+        FLASHLM_DECODED(1) FLASHLM_DECODED(2) FLASHLM_DECODED(3) FLASHLM_DECODED(4)
+        FLASHLM_DECODED(5) FLASHLM_DECODED(6) FLASHLM_DECODED(7) FLASHLM_DECODED(8)
+#undef FLASHLM_DECODED
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void axpy_rows_tokens_kernel(TensorType type, const uint8_t* rows, size_t stride, int64_t n_rows,
                              const float* a, int64_t n_tokens, float* y, int64_t ldy, int64_t n) {
+  if (with_group_type(type, n, [&](auto t) {
+        axpy_group_rows_tokens<decltype(t)::value>(rows, stride, n_rows, a, n_tokens, y, ldy, n);
+      })) {
+    return;
+  }
   if (type != TensorType::Q8_0 || n % kQK != 0) {
     for (int64_t r = 0; r < n_rows; ++r) {
       axpy_row_tokens_kernel(type, rows + r * stride, a + r * n_tokens, n_tokens, y, ldy, n);
     }
     return;
   }
-  constexpr int64_t kGroupTokens = 8;  // partial sums in registers: 8 tokens' worth
   for (int64_t t0 = 0; t0 < n_tokens; t0 += kGroupTokens) {
     const float* at = a + t0;
     float* yt = y + t0 * ldy;
