@@ -972,15 +972,62 @@ void axpy_row_tokens_kernel(TensorType type, const void* row, const float* a, in
 
 namespace {
 
+// One vector of columns of kT tokens' sums (token t's at out + t * ldy), the partial sums in
+// registers across rows 0..n_rows: sum_t += factor(r, t) * value(r), row after row, skipping a
+// token whose a (a[r * n_tokens + t]) is 0 (under its threshold), as axpy_row skips it alone.
+// Per token and element these are axpy_row's multiply-adds in row order, so every token gets
+// what one-token calls row after row give it.
+template <int kT, class DF, class Value, class Factor>
+HWY_INLINE void add_rows_in_registers(DF df, float* out, int64_t ldy, int64_t n_rows,
+                                      const float* a, int64_t n_tokens, Value value,
+                                      Factor factor) {
+  // One named accumulator per token (sizeless SVE vectors cannot form an array).
+#define FLASHLM_EACH_TOKEN(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define FLASHLM_LOAD(t) \
+  [[maybe_unused]] auto acc##t = t < kT ? hn::LoadU(df, out + t * ldy) : hn::Zero(df);
+  FLASHLM_EACH_TOKEN(FLASHLM_LOAD)
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const auto v = value(r);
+#define FLASHLM_ADD(t)                                                    \
+  if constexpr (t < kT) {                                                 \
+    if (a[r * n_tokens + t] != 0.0f) {                                    \
+      acc##t = hn::MulAdd(v, hn::Set(df, factor(r, t)), acc##t);         \
+    }                                                                     \
+  }
+    FLASHLM_EACH_TOKEN(FLASHLM_ADD)
+  }
+#define FLASHLM_STORE(t) \
+  if constexpr (t < kT) hn::StoreU(acc##t, df, out + t * ldy);
+  FLASHLM_EACH_TOKEN(FLASHLM_STORE)
+#undef FLASHLM_STORE
+#undef FLASHLM_ADD
+#undef FLASHLM_LOAD
+#undef FLASHLM_EACH_TOKEN
+}
+
+constexpr int64_t kGroupTokens = 8;  // partial sums in registers: 8 tokens' worth
+
+// Calls f(std::integral_constant<int, kT>(), t0) for the tokens t0 .. t0 + kT - 1, in groups
+// of up to kGroupTokens.
+template <class F>
+void for_token_groups(int64_t n_tokens, F f) {
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kGroupTokens) {
+    switch (std::min(kGroupTokens, n_tokens - t0)) {
+#define FLASHLM_TOKENS(k) \
+  case k: f(std::integral_constant<int, k>(), t0); break;
+      FLASHLM_TOKENS(1) FLASHLM_TOKENS(2) FLASHLM_TOKENS(3) FLASHLM_TOKENS(4)
+      FLASHLM_TOKENS(5) FLASHLM_TOKENS(6) FLASHLM_TOKENS(7) FLASHLM_TOKENS(8)
+#undef FLASHLM_TOKENS
+    }
+  }
+}
+
 // Q8_0 rows (row r at rows + r * stride) into kT tokens' sums, one vector of columns at a
-// time: the tokens' partial sums stay in registers across the rows, and each row's int8
-// values are widened once for all tokens. Per token and element the multiply-adds are
-// axpy_row's, in row order, so every token gets what one-token calls row after row give it.
+// time, each row's int8 values widened once for all tokens.
 template <int kT>
 void axpy_q8_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, const float* a,
                          int64_t n_tokens, float* y, int64_t ldy, int64_t n) {
-  using DF = hn::CappedTag<float, 16>;
-  const DF df;
+  const hn::CappedTag<float, 16> df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   thread_local std::vector<float> scaled;  // a[r][t] times the row's block scale
   scaled.resize(static_cast<size_t>(n_rows) * kT);
@@ -993,82 +1040,25 @@ void axpy_q8_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, con
       for (int t = 0; t < kT; ++t) scaled[r * kT + t] = a[r * n_tokens + t] * d;
     }
     for (int64_t j = 0; j < kQK; j += lanes) {
-      float* out = y + i * kQK + j;
-      // One named accumulator per token (sizeless SVE vectors cannot form an array).
-#define FLASHLM_EACH_TOKEN(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#define FLASHLM_LOAD(t) \
-  [[maybe_unused]] auto acc##t = t < kT ? hn::LoadU(df, out + t * ldy) : hn::Zero(df);
-      FLASHLM_EACH_TOKEN(FLASHLM_LOAD)
-      for (int64_t r = 0; r < n_rows; ++r) {
-        const auto w = widen_int8(df, block(r, i)->qs + j);
-        // A token whose a is 0 (under its threshold) is skipped, as axpy_row skips it alone.
-#define FLASHLM_ADD(t)                                                          \
-  if constexpr (t < kT) {                                                       \
-    if (a[r * n_tokens + t] != 0.0f) {                                          \
-      acc##t = hn::MulAdd(w, hn::Set(df, scaled[r * kT + t]), acc##t);         \
-    }                                                                           \
-  }
-        FLASHLM_EACH_TOKEN(FLASHLM_ADD)
-      }
-#define FLASHLM_STORE(t) \
-  if constexpr (t < kT) hn::StoreU(acc##t, df, out + t * ldy);
-      FLASHLM_EACH_TOKEN(FLASHLM_STORE)
-#undef FLASHLM_STORE
-#undef FLASHLM_ADD
-#undef FLASHLM_LOAD
-#undef FLASHLM_EACH_TOKEN
+      add_rows_in_registers<kT>(
+          df, y + i * kQK + j, ldy, n_rows, a, n_tokens,
+          [&](int64_t r) { return widen_int8(df, block(r, i)->qs + j); },
+          [&](int64_t r, int t) { return scaled[r * kT + t]; });
     }
   }
 }
-
-// Decoded rows (row r's `count` values at values + r * count) into kT tokens' sums over those
-// columns, one vector at a time, the partial sums in registers across the rows: per token and
-// element axpy_groups's multiply-adds (y + a * v), in row order.
-template <int kT>
-void axpy_decoded_rows_tokens(const float* values, int64_t count, int64_t n_rows, const float* a,
-                              int64_t n_tokens, float* y, int64_t ldy) {
-  using DF = hn::CappedTag<float, 16>;
-  const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  for (int64_t j = 0; j < count; j += lanes) {
-    float* out = y + j;
-#define FLASHLM_EACH_TOKEN(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#define FLASHLM_LOAD(t) \
-  [[maybe_unused]] auto acc##t = t < kT ? hn::LoadU(df, out + t * ldy) : hn::Zero(df);
-    FLASHLM_EACH_TOKEN(FLASHLM_LOAD)
-    for (int64_t r = 0; r < n_rows; ++r) {
-      const auto v = hn::Load(df, values + r * count + j);
-#define FLASHLM_ADD(t)                                                        \
-  if constexpr (t < kT) {                                                     \
-    if (a[r * n_tokens + t] != 0.0f) {                                        \
-      acc##t = hn::MulAdd(hn::Set(df, a[r * n_tokens + t]), v, acc##t);      \
-    }                                                                         \
-  }
-      FLASHLM_EACH_TOKEN(FLASHLM_ADD)
-    }
-#define FLASHLM_STORE(t) \
-  if constexpr (t < kT) hn::StoreU(acc##t, df, out + t * ldy);
-    FLASHLM_EACH_TOKEN(FLASHLM_STORE)
-#undef FLASHLM_STORE
-#undef FLASHLM_ADD
-#undef FLASHLM_LOAD
-#undef FLASHLM_EACH_TOKEN
-  }
-}
-
-constexpr int64_t kGroupTokens = 8;  // partial sums in registers: 8 tokens' worth
 
 // The 4-6-bit down types (`convert --down-type`): group by group (256 columns of a K-quant,
 // 32 of the simple types), each row's group decoded once into a small buffer (as axpy_groups
-// decodes it), then every token's sums over those columns in registers across the rows. One
-// token included: the sum is loaded and stored once per run of rows instead of once a row.
+// decodes it: a * v + y per element, so the width and the order of a and v do not matter),
+// then every token's sums over those columns in registers across the rows. One token
+// included: the sum is loaded and stored once per run of rows instead of once a row.
 template <TensorType T>
 void axpy_group_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, const float* a,
                             int64_t n_tokens, float* y, int64_t ldy, int64_t n) {
   constexpr int64_t kCount = kGroup<T>;
-  // 16 lanes where the target has them (the values are element for element axpy_groups's,
-  // whatever the width: a conversion and one multiply-add each).
   const hn::CappedTag<float, 16> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   thread_local hwy::AlignedFreeUniquePtr<float[]> values;
   thread_local int64_t capacity = 0;
   if (capacity < n_rows * kCount) {
@@ -1081,19 +1071,15 @@ void axpy_group_rows_tokens(const uint8_t* rows, size_t stride, int64_t n_rows, 
       for_group_values<T>(df, rows + r * stride, g,
                           [&](int64_t i, auto v) { hn::Store(v, df, out + i); });
     }
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += kGroupTokens) {
-      const float* at = a + t0;
-      float* yt = y + t0 * ldy + g * kCount;
-      switch (std::min(kGroupTokens, n_tokens - t0)) {
-#define FLASHLM_DECODED(k)                                                              \
-  case k:                                                                               \
-    axpy_decoded_rows_tokens<k>(values.get(), kCount, n_rows, at, n_tokens, yt, ldy);   \
-    break;
-        FLASHLM_DECODED(1) FLASHLM_DECODED(2) FLASHLM_DECODED(3) FLASHLM_DECODED(4)
-        FLASHLM_DECODED(5) FLASHLM_DECODED(6) FLASHLM_DECODED(7) FLASHLM_DECODED(8)
-#undef FLASHLM_DECODED
+    for_token_groups(n_tokens, [&](auto k_tokens, int64_t t0) {
+      constexpr int kT = decltype(k_tokens)::value;
+      for (int64_t j = 0; j < kCount; j += lanes) {
+        add_rows_in_registers<kT>(
+            df, y + t0 * ldy + g * kCount + j, ldy, n_rows, a + t0, n_tokens,
+            [&](int64_t r) { return hn::Load(df, values.get() + r * kCount + j); },
+            [&](int64_t r, int t) { return a[r * n_tokens + t0 + t]; });
       }
-    }
+    });
   }
 }
 
@@ -1112,17 +1098,10 @@ void axpy_rows_tokens_kernel(TensorType type, const uint8_t* rows, size_t stride
     }
     return;
   }
-  for (int64_t t0 = 0; t0 < n_tokens; t0 += kGroupTokens) {
-    const float* at = a + t0;
-    float* yt = y + t0 * ldy;
-    switch (std::min(kGroupTokens, n_tokens - t0)) {
-#define FLASHLM_ROWS_TOKENS(k) \
-  case k: axpy_q8_rows_tokens<k>(rows, stride, n_rows, at, n_tokens, yt, ldy, n); break;
-      FLASHLM_ROWS_TOKENS(1) FLASHLM_ROWS_TOKENS(2) FLASHLM_ROWS_TOKENS(3) FLASHLM_ROWS_TOKENS(4)
-      FLASHLM_ROWS_TOKENS(5) FLASHLM_ROWS_TOKENS(6) FLASHLM_ROWS_TOKENS(7) FLASHLM_ROWS_TOKENS(8)
-#undef FLASHLM_ROWS_TOKENS
-    }
-  }
+  for_token_groups(n_tokens, [&](auto k_tokens, int64_t t0) {
+    axpy_q8_rows_tokens<decltype(k_tokens)::value>(rows, stride, n_rows, a + t0, n_tokens,
+                                                   y + t0 * ldy, ldy, n);
+  });
 }
 
 float dot_f32_kernel(const float* a, const float* b, int64_t n) {
